@@ -1,0 +1,89 @@
+"""Causal sliding-window attention over a fixed-size ring KV cache, shared by the codec and the LM.
+
+The cache holds `context + chunk - 1` entries so a chunk of up to `chunk` queries still sees its full
+window: streaming is exact for any chunking, and memory stays bounded in endless sessions. Positions are
+per batch slot, so sessions that joined at different times share one batched step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from models.state import StreamState
+
+
+def rope_rotate(x: torch.Tensor, positions: torch.Tensor, max_period: float = 10_000.0) -> torch.Tensor:
+    """Interleaved rotary embedding. x: [B, H, T, D]; positions: [B, T] absolute step indices.
+
+    Computed in float32 (as Moshi does) and cast back to x's dtype.
+    """
+    D = x.shape[-1]
+    freqs = torch.exp(torch.arange(D // 2, device=x.device, dtype=torch.float32)
+                      * (-math.log(max_period) * 2 / D))
+    angles = positions.to(torch.float32)[:, None, :, None] * freqs  # [B, 1, T, D/2]
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    xf = x.to(torch.float32).view(*x.shape[:-1], D // 2, 2)
+    xr, xi = xf[..., 0], xf[..., 1]
+    out = torch.stack([xr * cos - xi * sin, xr * sin + xi * cos], dim=-1)
+    return out.view_as(x).to(x.dtype)
+
+
+@dataclass
+class KVCacheState(StreamState):
+    keys: torch.Tensor  # [B, H_kv, capacity, D]
+    values: torch.Tensor  # [B, H_kv, capacity, D]
+    positions: torch.Tensor  # [B, capacity] long, -1 = empty
+    offset: torch.Tensor  # [B] long: absolute position of the next step
+    chunk: int = 1  # max queries per write (capacity = context + chunk - 1)
+
+    @classmethod
+    def create(cls, batch: int, kv_heads: int, head_dim: int, context: int, chunk: int,
+               device=None, dtype=torch.float32) -> KVCacheState:
+        capacity = context + chunk - 1
+        return cls(
+            keys=torch.zeros(batch, kv_heads, capacity, head_dim, device=device, dtype=dtype),
+            values=torch.zeros(batch, kv_heads, capacity, head_dim, device=device, dtype=dtype),
+            positions=torch.full((batch, capacity), -1, device=device, dtype=torch.long),
+            offset=torch.zeros(batch, device=device, dtype=torch.long),
+            chunk=chunk,
+        )
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[2]
+
+
+def _attend_chunk(q, k, v, cache: KVCacheState, context: int, pos_q: torch.Tensor) -> torch.Tensor:
+    B, H, T, D = k.shape
+    index = pos_q % cache.capacity  # [B, T]
+    cache.keys.scatter_(2, index.view(B, 1, T, 1).expand(B, H, T, D), k)
+    cache.values.scatter_(2, index.view(B, 1, T, 1).expand(B, H, T, D), v)
+    cache.positions.scatter_(1, index, pos_q)
+    delta = pos_q[:, :, None] - cache.positions[:, None, :]  # [B, T, cap]
+    mask = (cache.positions[:, None, :] >= 0) & (delta >= 0) & (delta < context)
+    keys, values = cache.keys, cache.values
+    if keys.shape[1] != q.shape[1]:  # grouped-query attention
+        repeat = q.shape[1] // keys.shape[1]
+        keys = keys.repeat_interleave(repeat, dim=1)
+        values = values.repeat_interleave(repeat, dim=1)
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None])
+
+
+def streaming_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCacheState,
+                        context: int, rope_max_period: float | None) -> torch.Tensor:
+    """q: [B, H, T, D], k/v: [B, H_kv, T, D] for the T steps following `cache.offset`. Updates the cache."""
+    T = q.shape[2]
+    pos = cache.offset[:, None] + torch.arange(T, device=q.device)  # [B, T]
+    if rope_max_period is not None:
+        q, k = rope_rotate(q, pos, rope_max_period), rope_rotate(k, pos, rope_max_period)
+    outs = []
+    for start in range(0, T, cache.chunk):
+        end = min(T, start + cache.chunk)
+        outs.append(_attend_chunk(q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], cache,
+                                  context, pos[:, start:end]))
+    cache.offset.add_(T)
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)

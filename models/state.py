@@ -1,0 +1,47 @@
+"""Helpers shared by every explicit streaming state.
+
+A state is a dataclass of tensors whose first dimension is the batch slot. States are stepped in place
+(static shapes, so CUDA graphs can capture them) and reset row by row when a session leaves or joins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+
+def reset_rows(tensor: torch.Tensor, mask: torch.Tensor, value: float | int = 0) -> None:
+    """Set `tensor[b] = value` for every slot `b` where `mask[b]` is True, without a host sync."""
+    view = mask.view(-1, *([1] * (tensor.dim() - 1))).to(tensor.device)
+    tensor.copy_(torch.where(view, torch.full_like(tensor, value), tensor))
+
+
+class StreamState:
+    """Base class: `reset(mask)` resets every tensor field (recursing into nested states) for masked slots.
+
+    Fields whose name starts with `first` are reset to True; `positions` to -1; others to zero.
+    """
+
+    def reset(self, mask: torch.Tensor | None = None) -> None:
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, field.name)
+            _reset_value(field.name, value, mask)
+
+
+def _reset_value(name: str, value: object, mask: torch.Tensor | None) -> None:
+    if isinstance(value, StreamState):
+        value.reset(mask)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _reset_value(name, item, mask)
+    elif isinstance(value, torch.Tensor):
+        fill: float | int = 0
+        if name.startswith("first"):
+            fill = True
+        elif name.startswith("positions"):
+            fill = -1
+        if mask is None:
+            value.fill_(fill)
+        else:
+            reset_rows(value, mask, fill)
