@@ -1,7 +1,7 @@
 """Mimi-compatible streaming codec."""
 
-from models.codec.codec import FRAME_SIZE, SAMPLE_RATE, Codec, CodecConfig, CodecState
 from models.codec.checkpoint import load_codec, load_mimi_state_dict, save_codec
+from models.codec.codec import FRAME_SIZE, SAMPLE_RATE, Codec, CodecConfig, CodecState
 
 __all__ = ["Codec", "CodecConfig", "CodecState", "FRAME_SIZE", "SAMPLE_RATE", "load_codec",
            "load_mimi_state_dict", "save_codec"]

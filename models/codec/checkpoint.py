@@ -8,6 +8,8 @@ both are accepted.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -15,6 +17,9 @@ import torch
 
 from models.checkpoint import CheckpointError, load_checked, read_safetensors
 from models.codec.codec import Codec, CodecConfig
+from models.codec.quantizer import QuantizerConfig
+from models.codec.seanet import SEANetConfig
+from models.codec.transformer import CodecTransformerConfig
 
 _RENAMES = [
     (re.compile(r"^(encoder|decoder)\.model\.(\d+)\.(conv\.conv|convtr\.convtr)\."), r"\1.model.\2."),
@@ -66,13 +71,41 @@ def load_mimi_state_dict(codec: Codec, raw: dict[str, torch.Tensor], source: str
     return codec
 
 
+def config_to_json(cfg: CodecConfig) -> str:
+    return json.dumps(dataclasses.asdict(cfg))
+
+
+def config_from_json(text: str) -> CodecConfig:
+    data = json.loads(text)
+    data["seanet"]["ratios"] = tuple(data["seanet"]["ratios"])
+    return CodecConfig(seanet=SEANetConfig(**data["seanet"]),
+                       transformer=CodecTransformerConfig(**data["transformer"]),
+                       quantizer=QuantizerConfig(**data["quantizer"]),
+                       sample_rate=data["sample_rate"], frame_rate=data["frame_rate"],
+                       num_codebooks=data["num_codebooks"])
+
+
+def _file_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception:  # noqa: BLE001 - read_safetensors reports unreadable files
+        return {}
+
+
 def load_codec(path: str | Path, cfg: CodecConfig | None = None, device: str | torch.device = "cpu",
                num_codebooks: int | None = None) -> Codec:
-    """Build a codec (Mimi config by default) and load a local Mimi-layout safetensors file."""
+    """Build a codec and load a local Mimi-layout safetensors file.
+
+    The config comes from `cfg`, else from the file's metadata (files we save carry it), else Mimi's.
+    """
     path = Path(path)
     raw = read_safetensors(path)
     if cfg is None:
-        cfg = CodecConfig.mimi()
+        meta = _file_metadata(path)
+        cfg = config_from_json(meta["codec_config"]) if "codec_config" in meta else CodecConfig.mimi()
     if num_codebooks is not None:
         cfg = cfg.with_codebooks(num_codebooks)
     codec = Codec(cfg)
@@ -114,4 +147,5 @@ def _is_convtr(codec: Codec, key: str) -> bool:
 def save_codec(codec: Codec, path: str | Path) -> None:
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in export_mimi_state_dict(codec).items()}, str(path))
+    save_file({k: v.contiguous() for k, v in export_mimi_state_dict(codec).items()}, str(path),
+              metadata={"codec_config": config_to_json(codec.cfg)})

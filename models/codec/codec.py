@@ -17,6 +17,7 @@ from models.codec.conv import CausalConv1d, CausalConvTranspose1d, ConvState, Co
 from models.codec.quantizer import QuantizerConfig, SplitResidualVQ
 from models.codec.seanet import SEANetConfig, SEANetDecoder, SEANetEncoder, StackState
 from models.codec.transformer import CodecTransformer, CodecTransformerConfig, TransformerState
+from models.layout import store_linear_weights_transposed
 from models.state import StreamState
 
 SAMPLE_RATE = 24_000
@@ -95,6 +96,7 @@ class Codec(nn.Module):
         self.downsample = CausalConv1d(dim, dim, 2 * stride, stride=stride, bias=False, pad_mode="replicate")
         self.upsample = CausalConvTranspose1d(dim, dim, 2 * stride, stride=stride, groups=dim, bias=False)
         self.quantizer = SplitResidualVQ(cfg.quantizer)
+        store_linear_weights_transposed(self)
 
     # -- properties -------------------------------------------------------------------------------
     @property

@@ -14,7 +14,42 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.layout import TransposedWeightCache
 from models.state import StreamState
+
+# On CPU, short streaming chunks are bound by reading the weights; one GEMM (MKL) beats oneDNN's conv paths
+# there, by up to 8x for Mimi's 1024-channel transposed conv. Longer (offline) inputs keep the conv kernels.
+MATMUL_MAX_STEPS = 32
+
+
+def _conv1d_matmul(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None, kernel: int,
+                   stride: int, dilation: int) -> torch.Tensor:
+    """conv1d (no padding, groups=1) as im2col + one matrix product; weight_t is `[C_in * K, C_out]`."""
+    c_in = weight_t.shape[0] // kernel
+    if kernel == 1:
+        patches = x[..., ::stride].transpose(1, 2)
+    else:
+        patches = x.unfold(-1, (kernel - 1) * dilation + 1, stride)  # [B, C_in, T_out, K_eff]
+        if dilation > 1:
+            patches = patches[..., ::dilation]
+        patches = patches.permute(0, 2, 1, 3).reshape(x.shape[0], -1, c_in * kernel)
+    y = torch.matmul(patches, weight_t).transpose(1, 2)
+    return y if bias is None else y + bias[:, None]
+
+
+def _conv_transpose1d_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                             stride: int) -> torch.Tensor:
+    """conv_transpose1d (groups=1) as one matrix product followed by an overlap-add of K/stride blocks."""
+    c_in, c_out, k = weight.shape
+    B, _, T = x.shape
+    blocks = -(-k // stride)
+    w = weight if k == blocks * stride else F.pad(weight, (0, blocks * stride - k))
+    z = torch.matmul(x.transpose(1, 2), w.reshape(c_in, -1)).view(B, T, c_out, blocks, stride)
+    y = x.new_zeros(B, c_out, (T + blocks - 1) * stride)
+    for j in range(blocks):
+        y[:, :, j * stride:(j + T) * stride] += z[:, :, :, j].permute(0, 2, 1, 3).reshape(B, c_out, T * stride)
+    y = y[..., : (T - 1) * stride + k]
+    return y if bias is None else y + bias[:, None]
 
 
 @dataclass
@@ -50,6 +85,7 @@ class CausalConv1d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)
         self.history = (kernel_size - 1) * dilation + 1 - stride
+        self._matmul_weight = TransposedWeightCache()
 
     def init_state(self, batch: int, device: torch.device | None = None) -> ConvState:
         device = device or self.weight.device
@@ -70,6 +106,10 @@ class CausalConv1d(nn.Module):
                 state.first.zero_()
             x = torch.cat([previous, x], dim=-1)
             state.previous.copy_(x[..., -self.history:])
+        out_len = (x.shape[-1] - self.history - self.stride) // self.stride + 1
+        if x.device.type == "cpu" and self.groups == 1 and out_len <= MATMUL_MAX_STEPS:
+            return _conv1d_matmul(x, self._matmul_weight.get(self.weight), self.bias, self.weight.shape[-1],
+                                  self.stride, self.dilation)
         return F.conv1d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
@@ -92,7 +132,10 @@ class CausalConvTranspose1d(nn.Module):
                                                dtype=self.weight.dtype))
 
     def forward(self, x: torch.Tensor, state: ConvTrState) -> torch.Tensor:
-        y = F.conv_transpose1d(x, self.weight, self.bias, self.stride, groups=self.groups)
+        if x.device.type == "cpu" and self.groups == 1 and x.shape[-1] <= MATMUL_MAX_STEPS:
+            y = _conv_transpose1d_matmul(x, self.weight, self.bias, self.stride)
+        else:
+            y = F.conv_transpose1d(x, self.weight, self.bias, self.stride, groups=self.groups)
         P = self.overlap
         if P == 0:
             return y

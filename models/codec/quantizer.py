@@ -30,14 +30,32 @@ class ResidualVQ(nn.Module):
         self.output_proj = nn.Conv1d(cfg.dimension, cfg.output_dimension, 1, bias=False)
         self.register_buffer("codebooks", torch.randn(n_q, cfg.bins, cfg.dimension))
 
+    def _augmented_tables(self) -> torch.Tensor:
+        """[n_q, D + 2, bins] = per code (e, 1, |e|^2): distances become one matmul, as in torch.cdist."""
+        key = (self.codebooks.data_ptr(), self.codebooks._version, self.codebooks.device)
+        if getattr(self, "_aug_key", None) != key:
+            books = self.codebooks.detach()
+            ones = torch.ones_like(books[..., :1])
+            norms = books.pow(2).sum(-1, keepdim=True)
+            self._aug = torch.cat([books, ones, norms], dim=-1).transpose(1, 2).contiguous()
+            self._aug_key = key
+        return self._aug
+
     def encode(self, x: torch.Tensor, n_q: int) -> torch.Tensor:
-        """x: [B, C, T] -> codes [B, n_q, T] (greedy residual nearest neighbour, L2)."""
+        """x: [B, C, T] -> codes [B, n_q, T] (greedy residual nearest neighbour, L2).
+
+        Squared distances are computed exactly like torch.cdist's matmul path ([-2x, |x|^2, 1] . [e, 1, |e|^2])
+        so codes match kyutai's reference bit for bit, without re-deriving |e|^2 every frame.
+        """
         B, _, T = x.shape
         residual = F.conv1d(x, self.input_proj.weight).transpose(1, 2).reshape(B * T, -1)
+        tables = self._augmented_tables()
         codes = []
-        for table in self.codebooks[:n_q]:
-            idx = torch.cdist(residual[None], table[None])[0].argmin(dim=-1)
-            residual = residual - F.embedding(idx, table)
+        for k in range(n_q):
+            x_aug = torch.cat([residual * -2, residual.pow(2).sum(-1, keepdim=True),
+                               torch.ones_like(residual[:, :1])], dim=-1)
+            idx = torch.matmul(x_aug, tables[k]).argmin(dim=-1)
+            residual = residual - F.embedding(idx, self.codebooks[k])
             codes.append(idx)
         return torch.stack(codes, dim=-1).view(B, T, n_q).transpose(1, 2)
 

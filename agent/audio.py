@@ -1,0 +1,83 @@
+"""Audio at the edges: decode any common file/format to float32 mono 24 kHz, and write WAV files.
+
+Inside the engine audio is always float32 mono 24 kHz; every conversion happens here (PyAV does the
+decoding and resampling).
+"""
+
+from __future__ import annotations
+
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+TARGET_RATE = 24_000
+
+
+class AudioError(ValueError):
+    """Audio input that cannot be used, with a message that says how to fix it."""
+
+
+@dataclass
+class LoadedAudio:
+    samples: np.ndarray  # float32 mono at `sample_rate`
+    sample_rate: int
+    source_rate: int
+    source_channels: int
+    notes: list[str] = field(default_factory=list)
+
+
+def load_audio(path: str | Path, target_rate: int = TARGET_RATE) -> LoadedAudio:
+    """Read an audio file, downmix to mono and resample to `target_rate`; notes say what was converted."""
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"audio file not found: {path}")
+    if path.is_dir():
+        raise AudioError(f"expected an audio file, got a directory: {path}")
+    if path.stat().st_size == 0:
+        raise AudioError(f"audio file is empty: {path}")
+    import av
+
+    try:
+        container = av.open(str(path))
+    except Exception as exc:  # noqa: BLE001 - PyAV raises many error types
+        raise AudioError(f"cannot read {path} as audio ({exc}); is it a valid WAV/FLAC/OGG/MP3 file?") from exc
+    with container:
+        if not container.streams.audio:
+            raise AudioError(f"{path} contains no audio stream")
+        stream = container.streams.audio[0]
+        source_rate = stream.codec_context.sample_rate or stream.rate
+        channels = stream.codec_context.channels or 1
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=target_rate)
+        chunks: list[np.ndarray] = []
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+        except Exception as exc:  # noqa: BLE001
+            raise AudioError(f"{path} is corrupt or truncated: {exc}") from exc
+    samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    if samples.size == 0:
+        raise AudioError(f"{path} decodes to no audio samples")
+    if not np.isfinite(samples).all():
+        raise AudioError(f"{path} contains NaN or infinite samples")
+    notes = []
+    if channels > 1:
+        notes.append(f"downmixed {channels} channels to mono")
+    if source_rate != target_rate:
+        notes.append(f"resampled {source_rate} Hz -> {target_rate} Hz")
+    return LoadedAudio(samples, target_rate, source_rate, channels, notes)
+
+
+def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int = TARGET_RATE) -> None:
+    """Write float mono samples as 16-bit PCM WAV (clipped to [-1, 1])."""
+    pcm = (np.clip(np.asarray(samples, dtype=np.float32).reshape(-1), -1.0, 1.0) * 32767.0).astype("<i2")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(sample_rate)
+        f.writeframes(pcm.tobytes())

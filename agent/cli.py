@@ -1,0 +1,49 @@
+"""The `duplex` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from agent import codec_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="duplex",
+        description="Real-time full-duplex speech-and-vision agent (Mimi-compatible codec + dual-stream LM).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    codec_cli.add_commands(sub)
+    bench = sub.add_parser("bench", help="benchmarks that print ratios against a named baseline")
+    bench_sub = bench.add_subparsers(dest="bench_target", metavar="TARGET")
+    codec_cli.add_bench(bench_sub)
+    from agent import lm_cli
+
+    lm_cli.add_bench(bench_sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except UserFacingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+class UserFacingError(Exception):
+    """Raised by command handlers for problems the user can fix; printed without a traceback."""
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh Debian/Ubuntu machine: system packages, a virtualenv, the project and its test deps.
+# Idempotent: re-running only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  PKGS="libportaudio2 pocketsphinx-testdata espeak-ng flite"
+  missing=""
+  for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+  if [ -n "$missing" ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    # libportaudio2: sounddevice (live audio); pocketsphinx-testdata: real speech fixtures; espeak-ng/flite: TTS data.
+    $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  fi
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+. .venv/bin/activate
+python -c "import torch" 2>/dev/null || pip install -q torch==2.13.0
+pip install -q -e '.[test]'
+# Test-only oracle: kyutai's reference implementation. --no-deps because it pins an old torch.
+python -c "import moshi" 2>/dev/null || pip install -q --no-deps moshi==0.2.13

@@ -1,0 +1,38 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SPEECH_DIR = Path("/usr/share/pocketsphinx/test/data/librivox")
+
+
+@pytest.fixture(autouse=True)
+def _no_grad_and_threads():
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    with torch.no_grad():
+        yield
+
+
+def real_speech_24k(seconds: float = 6.0) -> torch.Tensor:
+    """Several seconds of real read speech (LibriVox clips from Debian's pocketsphinx-testdata) at 24 kHz."""
+    from agent.audio import load_audio
+
+    files = sorted(SPEECH_DIR.glob("*.wav"))
+    if not files:
+        pytest.skip("Debian package pocketsphinx-testdata is not installed (apt-get install pocketsphinx-testdata)")
+    pieces, total = [], 0
+    for f in files:
+        s = load_audio(f).samples
+        pieces.append(s)
+        total += s.size
+        if total >= seconds * 24000:
+            break
+    wav = np.concatenate(pieces)[: int(seconds * 24000)]
+    return torch.from_numpy(wav)[None, None]
+
+
+@pytest.fixture
+def speech():
+    return real_speech_24k
