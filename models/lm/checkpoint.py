@@ -1,0 +1,48 @@
+"""Loading kyutai's Moshi `model.safetensors` layout (and the reference's split names) into LMModel."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from models.checkpoint import load_checked, read_safetensors
+from models.lm.config import LMConfig
+from models.lm.model import LMModel
+
+_SPLIT = re.compile(r"^(.*self_attn)\.(in_projs|out_projs)\.(\d+)\.weight$")
+
+
+def convert_moshi_state_dict(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fuse split per-step projections (`in_projs.{k}`) into the published step-major fused tensors."""
+    out: dict[str, torch.Tensor] = {}
+    split: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
+    for key, value in raw.items():
+        m = _SPLIT.match(key)
+        if m:
+            split.setdefault((m.group(1), m.group(2)), {})[int(m.group(3))] = value
+        else:
+            out[key] = value
+    for (prefix, kind), parts in split.items():
+        fused = torch.cat([parts[i] for i in sorted(parts)], dim=0)
+        out[f"{prefix}.{'in_proj_weight' if kind == 'in_projs' else 'out_proj.weight'}"] = fused
+    return out
+
+
+def load_lm_state_dict(model: LMModel, raw: dict[str, torch.Tensor], source: str = "Moshi checkpoint") -> LMModel:
+    load_checked(model, convert_moshi_state_dict(raw), source)
+    return model
+
+
+def load_lm(path: str | Path, cfg: LMConfig | None = None, device: str | torch.device = "cpu",
+            dtype: torch.dtype | None = None) -> LMModel:
+    """Build an LM (Moshi 7B config by default) on `device` and load a local Moshi-layout safetensors file."""
+    raw = read_safetensors(path)
+    cfg = cfg or LMConfig.moshi_7b()
+    with torch.device("meta"):
+        model = LMModel(cfg)
+    dtype = dtype or next(iter(raw.values())).dtype
+    model = model.to_empty(device=device).to(dtype)
+    load_lm_state_dict(model, raw, str(path))
+    return model.eval()

@@ -1,0 +1,86 @@
+"""Building blocks of the LM: fp32 RMSNorm, SiLU-gated MLP, embeddings with a 'no input' id, attention."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.attention import KVCacheState, streaming_attention
+
+
+class RMSNorm(nn.Module):
+    """y = x * alpha / sqrt(eps + mean(x^2)), computed in float32 (Moshi's `rms_norm_f32`)."""
+
+    def __init__(self, dim: int, eps: float = 1e-8):
+        super().__init__()
+        self.eps = eps
+        self.alpha = nn.Parameter(torch.ones(1, 1, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        var = self.eps + xf.pow(2).mean(-1, keepdim=True)
+        return (xf * (self.alpha.float() * torch.rsqrt(var))).to(x.dtype)
+
+
+class SiluGating(nn.Module):
+    """linear_out(silu(a) * b) with [a; b] = linear_in(x); hidden = 2/3 of dim_feedforward as in Moshi."""
+
+    def __init__(self, dim: int, dim_feedforward: int):
+        super().__init__()
+        hidden = 21 * dim // 8 if dim_feedforward == 4 * dim else 2 * dim_feedforward // 3
+        self.linear_in = nn.Linear(dim, 2 * hidden, bias=False)
+        self.linear_out = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.linear_in(x)
+        gate, up = h.chunk(2, dim=-1)
+        return self.linear_out(F.silu(gate) * up)
+
+
+class Embedding(nn.Embedding):
+    """Token -1 means 'no input' and embeds to exactly zero."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        y = super().forward(tokens.clamp(min=0))
+        return torch.where((tokens == -1)[..., None], torch.zeros((), dtype=y.dtype, device=y.device), y)
+
+
+class Attention(nn.Module):
+    """Causal self-attention with fused q|k|v rows (`in_proj_weight`), optional GQA and per-step weights.
+
+    With `steps > 1` (the depformer) the weights are stacked step-major, exactly as in Moshi's file:
+    rows [k*qkv:(k+1)*qkv] of in_proj_weight belong to depformer sub-step k.
+    """
+
+    def __init__(self, dim: int, num_heads: int, kv_heads: int | None = None, steps: int = 1):
+        super().__init__()
+        self.num_heads, self.kv_heads = num_heads, kv_heads or num_heads
+        self.head_dim = dim // num_heads
+        self.steps = steps
+        qkv = (self.num_heads + 2 * self.kv_heads) * self.head_dim
+        self.in_proj_weight = nn.Parameter(torch.empty(steps * qkv, dim))
+        self.out_proj = nn.Linear(dim, steps * dim, bias=False)  # weight [steps*dim, dim]
+        nn.init.normal_(self.in_proj_weight, std=dim**-0.5)
+
+    def project(self, x: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, T, _ = x.shape
+        w = self.in_proj_weight.view(self.steps, -1, x.shape[-1])[step]
+        qkv = F.linear(x, w)
+        q_dim, kv_dim = self.num_heads * self.head_dim, self.kv_heads * self.head_dim
+        q, k, v = qkv.split([q_dim, kv_dim, kv_dim], dim=-1)
+        q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, cache: KVCacheState, context: int, max_period: float | None,
+                step: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.project(x, step)
+        y = streaming_attention(q, k, v, cache, context, max_period)
+        w = self.out_proj.weight.view(self.steps, C, -1)[step]
+        return F.linear(y.transpose(1, 2).reshape(B, T, -1), w)
+
+    def init_cache(self, batch: int, context: int, device, dtype, chunk: int = 1) -> KVCacheState:
+        return KVCacheState.create(batch, self.kv_heads, self.head_dim, context, chunk, device, dtype)
