@@ -79,8 +79,9 @@ def gated_rmsnorm_ref(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, gr
                       eps: float = 1e-5) -> torch.Tensor:
     """RMSNorm(y * silu(z)) over groups of d_inner/groups channels, times weight (norm_before_gate=False)."""
     dtype = y.dtype
-    h = (y.float() * torch.nn.functional.silu(z.float()))
+    ct = torch.promote_types(y.dtype, torch.float32)
+    h = y.to(ct) * torch.nn.functional.silu(z.to(ct))
     shape = h.shape
     h = h.view(*shape[:-1], groups, shape[-1] // groups)
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return (h.view(shape) * weight.float()).to(dtype)
+    return (h.view(shape) * weight.to(ct)).to(dtype)
