@@ -1,0 +1,167 @@
+"""`duplex bench gpu`: fused Mamba2 step vs its PyTorch reference, and full LM frame steps on a GPU.
+
+Prints ratios against named baselines measured in the same run (the PyTorch reference path, and kyutai's
+`moshi` package with its CUDA graphs when installed) plus the physical floor: weight bytes read per
+frame divided by the GPU's measured copy bandwidth.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+
+def _cuda_time(fn, iters: int = 20, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        out.append(start.elapsed_time(end))
+    return out
+
+
+def _p(ms: list[float], q: float) -> float:
+    s = sorted(ms)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def copy_bandwidth() -> float:
+    """Measured device-to-device bandwidth in bytes/s (read + write)."""
+    x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    ms = statistics.median(_cuda_time(lambda: y.copy_(x), iters=10))
+    return 2 * x.numel() / (ms / 1e3)
+
+
+def bench_mamba_layer(batches=(1, 64, 256)) -> None:
+    from models.kernels.mamba2_triton import mamba2_step_fused
+    from models.lm.config import LMConfig
+    from models.lm.mamba2 import Mamba2Mixer
+
+    cfg = LMConfig.hybrid_7b()
+    mixer = Mamba2Mixer(cfg.dim, cfg.mamba).cuda().to(torch.bfloat16).eval()
+    print(f"Mamba2 mixer step, dim {cfg.dim}, heads {mixer.nheads}x{cfg.mamba.headdim}, d_state "
+          f"{cfg.mamba.d_state}, groups {cfg.mamba.ngroups}, bf16 weights, fp32 state")
+    for b in batches:
+        u = torch.randn(b, 1, cfg.dim, device="cuda", dtype=torch.bfloat16)
+        state = mixer.init_state(b)
+        conv_pool, ssm_pool = state.conv.clone(), state.ssm.clone()
+        slots = torch.arange(b, dtype=torch.int32, device="cuda")
+        with torch.no_grad():
+            ref = _cuda_time(lambda: mixer(u, state))
+            fused = _cuda_time(lambda: mamba2_step_fused(mixer, u[:, 0], conv_pool, ssm_pool, slots))
+        r, f = statistics.median(ref), statistics.median(fused)
+        print(f"  batch {b:4d}: reference PyTorch {r:7.3f} ms  fused Triton {f:7.3f} ms  speed-up {r / f:5.2f}x")
+
+
+def bench_lm(config: str, batches=(1,)) -> dict[int, tuple[float, float]]:
+    from models.lm import LMConfig, LMGenerator, LMModel, SamplingConfig
+
+    cfg = LMConfig.moshi_7b() if config == "moshi_7b" else LMConfig.hybrid_7b()
+    with torch.device("meta"):
+        model = LMModel(cfg)
+    model = model.to_empty(device="cuda").to(torch.bfloat16)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+        for name, p in model.named_parameters():
+            if name.endswith("alpha") or name.endswith("norm.weight") or name.endswith(".D"):
+                p.fill_(1.0)
+            if name.endswith("A_log"):
+                p.uniform_(0, 2)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    read_bytes = weight_bytes - sum(e.weight.numel() * 2 for e in [*model.emb, model.text_emb,
+                                                                      *model.depformer_emb,
+                                                                      model.depformer_text_emb])
+    bw = copy_bandwidth()
+    gen = LMGenerator(model, SamplingConfig())
+    print(f"{config}: {weight_bytes / 1e9:.2f} GB bf16 weights; floor at batch 1 = {read_bytes / 1e9:.2f} GB read "
+          f"/ {bw / 2e12:.2f} TB/s (copy, one way) = {read_bytes / (bw / 2) * 1e3:.2f} ms")
+    from models.lm.cuda_graph import GraphedGenerator
+
+    results = {}
+    for b in batches:
+        codes = torch.randint(0, cfg.card, (b, cfg.user_streams), device="cuda")
+        try:
+            with torch.no_grad():
+                if b == batches[0]:
+                    state = gen.init_state(b)
+                    ms = _cuda_time(lambda: gen.step(codes, state), iters=10)
+                    print(f"  ours eager,       batch {b:3d}: median {statistics.median(ms):7.2f} ms")
+                    del state
+                graphed = GraphedGenerator(gen, gen.init_state(b))
+                ms = _cuda_time(lambda: graphed.step(codes), iters=50, warmup=3)
+        except torch.OutOfMemoryError:
+            per_session = sum(t.numel() * t.element_size() for t in _state_tensors(gen.init_state(1)))
+            print(f"  batch {b:3d}: out of GPU memory ({per_session / 1e9:.2f} GB of streaming state per session)")
+            torch.cuda.empty_cache()
+            break
+        results[b] = (statistics.median(ms), _p(ms, 0.99))
+        print(f"  ours CUDA graph,  batch {b:3d}: median {statistics.median(ms):7.2f} ms  p99 {_p(ms, 0.99):7.2f} ms "
+              f"per frame; real-time (<80 ms p99): {_p(ms, 0.99) < 80}")
+        del graphed
+    return results
+
+
+def _state_tensors(obj) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if hasattr(obj, "__dataclass_fields__"):
+        return [t for name in obj.__dataclass_fields__ for t in _state_tensors(getattr(obj, name))]
+    if isinstance(obj, (list, tuple)):
+        return [t for item in obj for t in _state_tensors(item)]
+    return []
+    del model, gen
+    torch.cuda.empty_cache()
+
+
+def bench_reference_moshi_7b() -> float | None:
+    try:
+        from moshi.models import LMGen, loaders
+    except Exception as exc:  # noqa: BLE001
+        print(f"reference moshi not importable: {exc}")
+        return None
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        lm = loaders.get_moshi_lm(None, device="meta", dtype=torch.bfloat16)
+    lm = lm.to_empty(device="cuda")
+    with torch.no_grad():
+        for p in lm.parameters():
+            p.normal_(0, 0.02)
+    gen = LMGen(lm)
+    codes = torch.randint(0, 2048, (1, 8, 1), device="cuda")
+    with torch.no_grad(), gen.streaming(1):
+        ms = _cuda_time(lambda: gen.step(codes), iters=30, warmup=5)
+    print(f"  reference moshi==0.2.13 LMGen (its CUDA graphs), batch 1: median {statistics.median(ms):7.2f} ms  "
+          f"p99 {_p(ms, 0.99):7.2f} ms")
+    del lm, gen
+    torch.cuda.empty_cache()
+    return statistics.median(ms)
+
+
+def run_gpu_bench(args) -> int:
+    if not torch.cuda.is_available():
+        print("no CUDA device: `duplex bench gpu` needs a GPU (the CPU path is used automatically elsewhere)")
+        return 0
+    print(f"device: {torch.cuda.get_device_name()}")
+    bench_mamba_layer()
+    if not args.skip_lm:
+        hybrid = bench_lm("hybrid_7b", batches=tuple(args.batches))
+        ok = [b for b, (_, p99) in hybrid.items() if p99 < 80]
+        print(f"  hybrid_7b: largest batch measured with p99 < 80 ms: {max(ok) if ok else 'none'}")
+    if not args.skip_lm:
+        ref = bench_reference_moshi_7b()
+        ours = bench_lm("moshi_7b", batches=(1,))
+        if ref is not None:
+            print(f"  moshi_7b batch 1: ours / reference = {ours[1][0] / ref:.2f}x time (goal <= 0.6x)")
+        else:
+            print("no reference ratio (moshi package missing)")
+        bench_lm("moshi_7b", batches=tuple(b for b in args.batches if b > 1))
+    return 0
