@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.kernels import mamba2_ref
+from models.kernels import mamba2_ref, mamba2_triton
 from models.lm.config import MambaConfig
 from models.state import StreamState
 
@@ -42,6 +42,7 @@ class Mamba2Mixer(nn.Module):
         self.norm = nn.Module()
         self.norm.weight = nn.Parameter(torch.ones(self.d_inner))
         self.out_proj = nn.Linear(self.d_inner, dim, bias=False)
+        self.use_fused = True  # fused Triton step on CUDA when available; False forces the reference path
 
     def init_state(self, batch: int, device=None, dtype=None) -> MambaState:
         device = device or self.in_proj.weight.device
@@ -59,6 +60,9 @@ class Mamba2Mixer(nn.Module):
     def forward(self, u: torch.Tensor, state: MambaState) -> torch.Tensor:
         """u: [B, T, dim]. T == 1 uses the recurrent step, T > 1 the chunked scan; both advance `state`."""
         Bsz, T, _ = u.shape
+        if T == 1 and u.is_cuda and self.use_fused and mamba2_triton.HAVE_TRITON:
+            slots = torch.arange(Bsz, dtype=torch.int32, device=u.device)
+            return mamba2_triton.mamba2_step_fused(self, u[:, 0], state.conv, state.ssm, slots)[:, None]
         (z, xbc, dt), gn = self._split(self.in_proj(u))
         # Causal depthwise conv over [previous raw inputs | new inputs], then SiLU.
         window = torch.cat([state.conv, xbc.transpose(1, 2)], dim=-1)
