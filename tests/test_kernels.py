@@ -65,3 +65,22 @@ def test_gated_rmsnorm_matches_reference():
     for groups in (1, 4):
         ref = mamba2_ref.gated_rmsnorm_ref(y, z, w, groups)
         assert (mamba2_triton.gated_rmsnorm(y, z, w, groups) - ref).abs().max() < 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused path runs inside the model on CUDA only")
+def test_hybrid_lm_fused_path_matches_reference_path():
+    from models.lm import LMConfig, LMGenerator, LMModel, SamplingConfig
+
+    torch.manual_seed(0)
+    model = LMModel(LMConfig.tiny("MMA")).cuda().eval()
+    gen = LMGenerator(model, SamplingConfig.greedy())
+    codes = torch.randint(0, 64, (10, 2, 4), device="cuda")
+    fused_state = gen.init_state(2)
+    fused = [gen.step(codes[t], fused_state) for t in range(10)]
+    for m in model.modules():
+        if hasattr(m, "use_fused"):
+            m.use_fused = False
+    ref_state = gen.init_state(2)
+    for t in range(10):
+        ref = gen.step(codes[t], ref_state)
+        assert (fused[t].text_logits - ref.text_logits).abs().max() < 1e-3
