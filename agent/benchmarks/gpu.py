@@ -55,7 +55,9 @@ def bench_mamba_layer(batches=(1, 64, 256)) -> None:
         conv_pool, ssm_pool = state.conv.clone(), state.ssm.clone()
         slots = torch.arange(b, dtype=torch.int32, device="cuda")
         with torch.no_grad():
+            mixer.use_fused = False  # the PyTorch reference path
             ref = _cuda_time(lambda: mixer(u, state))
+            mixer.use_fused = True
             fused = _cuda_time(lambda: mamba2_step_fused(mixer, u[:, 0], conv_pool, ssm_pool, slots))
         r, f = statistics.median(ref), statistics.median(fused)
         print(f"  batch {b:4d}: reference PyTorch {r:7.3f} ms  fused Triton {f:7.3f} ms  speed-up {r / f:5.2f}x")
