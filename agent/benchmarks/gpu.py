@@ -56,9 +56,9 @@ def bench_mamba_layer(batches=(1, 64, 256)) -> None:
         slots = torch.arange(b, dtype=torch.int32, device="cuda")
         with torch.no_grad():
             mixer.use_fused = False  # the PyTorch reference path
-            ref = _cuda_time(lambda: mixer(u, state))
+            ref = _cuda_time(lambda u=u, state=state: mixer(u, state))
             mixer.use_fused = True
-            fused = _cuda_time(lambda: mamba2_step_fused(mixer, u[:, 0], conv_pool, ssm_pool, slots))
+            fused = _cuda_time(lambda u=u, c=conv_pool, s=ssm_pool, i=slots: mamba2_step_fused(mixer, u[:, 0], c, s, i))
         r, f = statistics.median(ref), statistics.median(fused)
         print(f"  batch {b:4d}: reference PyTorch {r:7.3f} ms  fused Triton {f:7.3f} ms  speed-up {r / f:5.2f}x")
 
@@ -95,11 +95,11 @@ def bench_lm(config: str, batches=(1,)) -> dict[int, tuple[float, float]]:
             with torch.no_grad():
                 if b == batches[0]:
                     state = gen.init_state(b)
-                    ms = _cuda_time(lambda: gen.step(codes, state), iters=10)
+                    ms = _cuda_time(lambda c=codes, s=state, g=gen: g.step(c, s), iters=10)
                     print(f"  ours eager,       batch {b:3d}: median {statistics.median(ms):7.2f} ms")
                     del state
                 graphed = GraphedGenerator(gen, gen.init_state(b))
-                ms = _cuda_time(lambda: graphed.step(codes), iters=50, warmup=3)
+                ms = _cuda_time(lambda g=graphed, c=codes: g.step(c), iters=50, warmup=3)
         except torch.OutOfMemoryError:
             per_session = sum(t.numel() * t.element_size() for t in _state_tensors(gen.init_state(1)))
             print(f"  batch {b:3d}: out of GPU memory ({per_session / 1e9:.2f} GB of streaming state per session)")
@@ -109,6 +109,8 @@ def bench_lm(config: str, batches=(1,)) -> dict[int, tuple[float, float]]:
         print(f"  ours CUDA graph,  batch {b:3d}: median {statistics.median(ms):7.2f} ms  p99 {_p(ms, 0.99):7.2f} ms "
               f"per frame; real-time (<80 ms p99): {_p(ms, 0.99) < 80}")
         del graphed
+    del model, gen
+    torch.cuda.empty_cache()
     return results
 
 
@@ -120,8 +122,6 @@ def _state_tensors(obj) -> list[torch.Tensor]:
     if isinstance(obj, (list, tuple)):
         return [t for item in obj for t in _state_tensors(item)]
     return []
-    del model, gen
-    torch.cuda.empty_cache()
 
 
 def bench_reference_moshi_7b() -> float | None:
@@ -140,7 +140,7 @@ def bench_reference_moshi_7b() -> float | None:
     gen = LMGen(lm)
     codes = torch.randint(0, 2048, (1, 8, 1), device="cuda")
     with torch.no_grad(), gen.streaming(1):
-        ms = _cuda_time(lambda: gen.step(codes), iters=30, warmup=5)
+        ms = _cuda_time(lambda g=gen: g.step(codes), iters=30, warmup=5)
     print(f"  reference moshi==0.2.13 LMGen (its CUDA graphs), batch 1: median {statistics.median(ms):7.2f} ms  "
           f"p99 {_p(ms, 0.99):7.2f} ms")
     del lm, gen

@@ -186,7 +186,7 @@ def mamba2_step_fused(mixer, u: torch.Tensor, conv_pool: torch.Tensor, ssm_pool:
                       slots: torch.Tensor) -> torch.Tensor:
     """One Mamba2 mixer step for rows u [b, dim] over state pools indexed by `slots` -> [b, dim]."""
     zxbcdt = torch.nn.functional.linear(u, mixer.in_proj.weight)
-    d_inner, conv_dim, H = mixer.d_inner, mixer.conv_dim, mixer.nheads
+    d_inner, conv_dim = mixer.d_inner, mixer.conv_dim
     z = zxbcdt[:, :d_inner]
     xbc = zxbcdt[:, d_inner:d_inner + conv_dim]
     dt = zxbcdt[:, d_inner + conv_dim:]
