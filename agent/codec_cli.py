@@ -103,9 +103,7 @@ def _decode(args) -> int:
     if codes.numel() == 0:
         raise UserFacingError(f"{args.input} holds no frames")
     try:
-        codec._check_codes(codes)
-        if int(codes.max()) >= codec.cfg.quantizer.bins:
-            raise ValueError(f"codes exceed this codec's {codec.cfg.quantizer.bins} bins: wrong --weights?")
+        codec.validate_codes(codes)
     except ValueError as exc:
         raise UserFacingError(str(exc)) from exc
     wav = _chunked(lambda st, x: codec.decode_step(x, st), codec, codes, 1, "decode")

@@ -23,10 +23,27 @@ class StreamState:
     Fields whose name starts with `first` are reset to True; `positions` to -1; others to zero.
     """
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor held by this state, nested states included."""
+        return _collect(self)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
     def reset(self, mask: torch.Tensor | None = None) -> None:
         for field in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, field.name)
             _reset_value(field.name, value, mask)
+
+
+def _collect(value: object) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, StreamState):
+        return [t for f in dataclasses.fields(value) for t in _collect(getattr(value, f.name))]  # type: ignore[arg-type]
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _collect(item)]
+    return []
 
 
 def _reset_value(name: str, value: object, mask: torch.Tensor | None) -> None:

@@ -68,19 +68,10 @@ def test_hybrid_memory_is_constant_and_attention_bounded():
     gen = LMGenerator(model, SamplingConfig.greedy())
     st = gen.init_state(1)
 
-    def nbytes(obj):
-        if isinstance(obj, torch.Tensor):
-            return obj.numel() * obj.element_size()
-        if hasattr(obj, "__dataclass_fields__"):
-            return sum(nbytes(getattr(obj, f)) for f in obj.__dataclass_fields__)
-        if isinstance(obj, list):
-            return sum(nbytes(o) for o in obj)
-        return 0
-
-    before = nbytes(st)
+    before = st.nbytes()
     for _ in range(cfg.context * 2 + 5):  # well past the attention window
         gen.step(torch.zeros(1, 4, dtype=torch.long), st)
-    assert nbytes(st) == before
+    assert st.nbytes() == before
 
 
 def test_sampling_top_k_and_greedy():

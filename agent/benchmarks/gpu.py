@@ -11,6 +11,8 @@ import statistics
 
 import torch
 
+from agent.benchmarks.timing import percentile
+
 
 def _cuda_time(fn, iters: int = 20, warmup: int = 3) -> list[float]:
     for _ in range(warmup):
@@ -25,11 +27,6 @@ def _cuda_time(fn, iters: int = 20, warmup: int = 3) -> list[float]:
         end.synchronize()
         out.append(start.elapsed_time(end))
     return out
-
-
-def _p(ms: list[float], q: float) -> float:
-    s = sorted(ms)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
 def copy_bandwidth() -> float:
@@ -101,27 +98,18 @@ def bench_lm(config: str, batches=(1,)) -> dict[int, tuple[float, float]]:
                 graphed = GraphedGenerator(gen, gen.init_state(b))
                 ms = _cuda_time(lambda g=graphed, c=codes: g.step(c), iters=50, warmup=3)
         except torch.OutOfMemoryError:
-            per_session = sum(t.numel() * t.element_size() for t in _state_tensors(gen.init_state(1)))
+            per_session = gen.init_state(1).nbytes()
             print(f"  batch {b:3d}: out of GPU memory ({per_session / 1e9:.2f} GB of streaming state per session)")
             torch.cuda.empty_cache()
             break
-        results[b] = (statistics.median(ms), _p(ms, 0.99))
-        print(f"  ours CUDA graph,  batch {b:3d}: median {statistics.median(ms):7.2f} ms  p99 {_p(ms, 0.99):7.2f} ms "
-              f"per frame; real-time (<80 ms p99): {_p(ms, 0.99) < 80}")
+        median, p99 = statistics.median(ms), percentile(ms, 0.99)
+        results[b] = (median, p99)
+        print(f"  ours CUDA graph,  batch {b:3d}: median {median:7.2f} ms  p99 {p99:7.2f} ms "
+              f"per frame; real-time (<80 ms p99): {p99 < 80}")
         del graphed
     del model, gen
     torch.cuda.empty_cache()
     return results
-
-
-def _state_tensors(obj) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if hasattr(obj, "__dataclass_fields__"):
-        return [t for name in obj.__dataclass_fields__ for t in _state_tensors(getattr(obj, name))]
-    if isinstance(obj, (list, tuple)):
-        return [t for item in obj for t in _state_tensors(item)]
-    return []
 
 
 def bench_reference_moshi_7b() -> float | None:
@@ -142,7 +130,7 @@ def bench_reference_moshi_7b() -> float | None:
     with torch.no_grad(), gen.streaming(1):
         ms = _cuda_time(lambda g=gen: g.step(codes), iters=30, warmup=5)
     print(f"  reference moshi==0.2.13 LMGen (its CUDA graphs), batch 1: median {statistics.median(ms):7.2f} ms  "
-          f"p99 {_p(ms, 0.99):7.2f} ms")
+          f"p99 {percentile(ms, 0.99):7.2f} ms")
     del lm, gen
     torch.cuda.empty_cache()
     return statistics.median(ms)

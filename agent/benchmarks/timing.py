@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import statistics
-import time
-from collections.abc import Callable
 
 
-def time_calls(fn: Callable[[int], object], n: int, warmup: int = 3) -> list[float]:
-    """Call fn(i) for i in range(warmup + n); return the last n durations in milliseconds."""
-    out = []
-    for i in range(warmup + n):
-        t0 = time.perf_counter()
-        fn(i)
-        dt = (time.perf_counter() - t0) * 1e3
-        if i >= warmup:
-            out.append(dt)
-    return out
+def percentile(ms: list[float], q: float) -> float:
+    """Nearest-rank percentile, q in [0, 1]."""
+    s = sorted(ms)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
 def summary(ms: list[float]) -> str:
-    ms_sorted = sorted(ms)
-    p99 = ms_sorted[min(len(ms) - 1, int(round(0.99 * (len(ms) - 1))))]
-    return f"median {statistics.median(ms):7.2f} ms  p99 {p99:7.2f} ms"
+    return f"median {statistics.median(ms):7.2f} ms  p99 {percentile(ms, 0.99):7.2f} ms"
 
 
 def device_name() -> str:

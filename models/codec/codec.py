@@ -171,9 +171,14 @@ class Codec(nn.Module):
             raise ValueError("cannot encode empty audio")
         return self.encode_step(wav, self.init_state(wav.shape[0], chunk=64))
 
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, K, T] -> wav [B, 1, T * frame_size]."""
+    def validate_codes(self, codes: torch.Tensor) -> None:
+        """Shape and value checks for untrusted codes (host sync: not for the per-frame hot path)."""
         self._check_codes(codes)
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.cfg.quantizer.bins):
-            raise ValueError(f"code values must lie in [0, {self.cfg.quantizer.bins})")
+            raise ValueError(f"code values must lie in [0, {self.cfg.quantizer.bins}): "
+                             "were these codes made with other codec weights?")
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, K, T] -> wav [B, 1, T * frame_size]."""
+        self.validate_codes(codes)
         return self.decode_step(codes, self.init_state(codes.shape[0], chunk=64))

@@ -185,11 +185,7 @@ def rmsnorm(x: torch.Tensor, alpha: torch.Tensor, eps: float = 1e-8) -> torch.Te
 def mamba2_step_fused(mixer, u: torch.Tensor, conv_pool: torch.Tensor, ssm_pool: torch.Tensor,
                       slots: torch.Tensor) -> torch.Tensor:
     """One Mamba2 mixer step for rows u [b, dim] over state pools indexed by `slots` -> [b, dim]."""
-    zxbcdt = torch.nn.functional.linear(u, mixer.in_proj.weight)
-    d_inner, conv_dim = mixer.d_inner, mixer.conv_dim
-    z = zxbcdt[:, :d_inner]
-    xbc = zxbcdt[:, d_inner:d_inner + conv_dim]
-    dt = zxbcdt[:, d_inner + conv_dim:]
+    (z, xbc, dt), _ = mixer._split(torch.nn.functional.linear(u, mixer.in_proj.weight))
     xbc = conv_step(xbc, conv_pool, mixer.conv1d.weight[:, 0], mixer.conv1d.bias, slots)
     y = ssm_step(xbc, dt, mixer.dt_bias, mixer.A_log, mixer.D, ssm_pool, slots, mixer.cfg.ngroups)
     y = gated_rmsnorm(y, z, mixer.norm.weight, mixer.cfg.ngroups)
