@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
+    lm = sub.add_parser("lm", help="~100M LM frame step on the CPU: ours vs reference, hybrid vs attention, memory")
+    lm.add_argument("--frames", type=int, default=100, help="timed frames per comparison (default 100)")
+    lm.add_argument("--pattern", default="MMMA", help="hybrid block pattern (default MMMA)")
+    lm.add_argument("--minutes", type=float, default=10.0,
+                    help="simulated session length for the memory check (0 skips it; default 10)")
+    lm.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    lm.add_argument("--no-reference", action="store_true", help="skip the reference moshi comparison")
+    lm.set_defaults(handler=_lm)
     gpu = sub.add_parser("gpu", help="fused kernels and LM frame steps on a GPU, vs the reference")
     gpu.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     gpu.add_argument("--skip-lm", action="store_true", help="only the Mamba2 kernel comparison")
     gpu.set_defaults(handler=_gpu)
+
+
+def _lm(args) -> int:
+    from agent.benchmarks.lm_cpu import run_lm_cpu_bench
+
+    return run_lm_cpu_bench(args)
 
 
 def _gpu(args) -> int:

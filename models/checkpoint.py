@@ -26,6 +26,17 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
 
 
+def safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The file's string metadata ({} when absent or unreadable; read_safetensors reports bad files)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception:  # noqa: BLE001
+        return {}
+
+
 def _summarise(keys: list[str], limit: int = 12) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f" ... (+{len(keys) - limit} more)" if len(keys) > limit else "")

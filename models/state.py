@@ -62,3 +62,27 @@ def _reset_value(name: str, value: object, mask: torch.Tensor | None) -> None:
             value.fill_(fill)
         else:
             reset_rows(value, mask, fill)
+
+
+def narrow_state(state: StreamState, rows: int):
+    """A view of `state` over slots [0, rows): stepping the view updates those rows of `state` in place."""
+    return _map_tensors(state, lambda t: t[:rows])
+
+
+def copy_slot(state: StreamState, src: int, dst: int) -> None:
+    """Move one session's state from slot `src` to slot `dst` (compacting the pool when a session leaves)."""
+    for t in state.tensors():
+        t[dst].copy_(t[src])
+
+
+def _map_tensors(value: object, fn):
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, StreamState):
+        changes = {f.name: _map_tensors(getattr(value, f.name), fn) for f in dataclasses.fields(value)}  # type: ignore[arg-type]
+        return dataclasses.replace(value, **changes)  # type: ignore[type-var]
+    if isinstance(value, list):
+        return [_map_tensors(v, fn) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_map_tensors(v, fn) for v in value)
+    return value

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-
-def percentile(ms: list[float], q: float) -> float:
-    """Nearest-rank percentile, q in [0, 1]."""
-    s = sorted(ms)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+from streaming.stats import percentile
 
 
 def summary(ms: list[float]) -> str:

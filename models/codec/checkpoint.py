@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from models.checkpoint import CheckpointError, load_checked, read_safetensors
+from models.checkpoint import CheckpointError, load_checked, read_safetensors, safetensors_metadata
 from models.codec.codec import Codec, CodecConfig
 from models.codec.quantizer import QuantizerConfig
 from models.codec.seanet import SEANetConfig
@@ -85,16 +85,6 @@ def config_from_json(text: str) -> CodecConfig:
                        num_codebooks=data["num_codebooks"])
 
 
-def _file_metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
-    except Exception:  # noqa: BLE001 - read_safetensors reports unreadable files
-        return {}
-
-
 def load_codec(path: str | Path, cfg: CodecConfig | None = None, device: str | torch.device = "cpu",
                num_codebooks: int | None = None) -> Codec:
     """Build a codec and load a local Mimi-layout safetensors file.
@@ -104,7 +94,7 @@ def load_codec(path: str | Path, cfg: CodecConfig | None = None, device: str | t
     path = Path(path)
     raw = read_safetensors(path)
     if cfg is None:
-        meta = _file_metadata(path)
+        meta = safetensors_metadata(path)
         cfg = config_from_json(meta["codec_config"]) if "codec_config" in meta else CodecConfig.mimi()
     if num_codebooks is not None:
         cfg = cfg.with_codebooks(num_codebooks)

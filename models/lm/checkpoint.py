@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from pathlib import Path
 
 import torch
 
-from models.checkpoint import load_checked, read_safetensors
-from models.lm.config import LMConfig
+from models.checkpoint import load_checked, read_safetensors, safetensors_metadata
+from models.lm.config import LMConfig, MambaConfig
 from models.lm.model import LMModel
 
 _SPLIT = re.compile(r"^(.*self_attn)\.(in_projs|out_projs)\.(\d+)\.weight$")
@@ -35,11 +37,34 @@ def load_lm_state_dict(model: LMModel, raw: dict[str, torch.Tensor], source: str
     return model
 
 
+def lm_config_to_json(cfg: LMConfig) -> str:
+    return json.dumps(dataclasses.asdict(cfg))
+
+
+def lm_config_from_json(text: str) -> LMConfig:
+    data = json.loads(text)
+    data["mamba"] = MambaConfig(**data["mamba"])
+    return LMConfig(**data)
+
+
+def save_lm(model: LMModel, path: str | Path) -> None:
+    """Save in the published Moshi key layout, with our config in the file's metadata."""
+    from safetensors.torch import save_file
+
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, str(path), metadata={"lm_config": lm_config_to_json(model.cfg)})
+
+
 def load_lm(path: str | Path, cfg: LMConfig | None = None, device: str | torch.device = "cpu",
             dtype: torch.dtype | None = None) -> LMModel:
-    """Build an LM (Moshi 7B config by default) on `device` and load a local Moshi-layout safetensors file."""
+    """Build an LM on `device` and load a local Moshi-layout safetensors file.
+
+    The config comes from `cfg`, else from the file's metadata (files we save carry it), else Moshi 7B's.
+    """
     raw = read_safetensors(path)
-    cfg = cfg or LMConfig.moshi_7b()
+    if cfg is None:
+        meta = safetensors_metadata(path)
+        cfg = lm_config_from_json(meta["lm_config"]) if "lm_config" in meta else LMConfig.moshi_7b()
     with torch.device("meta"):
         model = LMModel(cfg)
     dtype = dtype or next(iter(raw.values())).dtype

@@ -1,0 +1,139 @@
+"""Load a complete model (codec + LM + text tokenizer) from a local folder.
+
+Two folder layouts are understood:
+- ours: `duplex.json` naming `codec`, `lm` and `tokenizer` files (configs live in the safetensors metadata);
+- kyutai's published Moshi release: `model.safetensors` (LM), `tokenizer-*.safetensors` (Mimi) and
+  `tokenizer_spm_32k_3.model`, optionally with the release's `config.json` naming the files.
+Nothing is downloaded: a folder that lacks a file gives an error that names it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from agent.errors import ModelLoadError, ModelNotFoundError
+from models.checkpoint import CheckpointError
+from models.codec import Codec, load_codec
+from models.lm import LMConfig, LMModel, SamplingConfig, load_lm
+from models.lm.tokenizer import TextTokenizer, TokenizerError
+
+MANIFEST = "duplex.json"
+
+
+@dataclass
+class ModelFiles:
+    name: str
+    kind: str  # "duplex" or "kyutai"
+    folder: Path
+    codec: Path
+    lm: Path
+    tokenizer: Path | None
+    description: str = ""
+    trained: bool = True
+    sampling: dict = field(default_factory=dict)
+    lm_config: LMConfig | None = None
+
+    def missing(self) -> list[Path]:
+        paths = [self.codec, self.lm] + ([self.tokenizer] if self.tokenizer else [])
+        return [p for p in paths if not p.is_file()]
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in [self.codec, self.lm, self.tokenizer] if p and p.is_file())
+
+
+@dataclass
+class ModelBundle:
+    files: ModelFiles
+    codec: Codec
+    lm: LMModel
+    tokenizer: TextTokenizer | None
+    sampling: SamplingConfig
+
+    @property
+    def name(self) -> str:
+        return self.files.name
+
+    def token_text(self, token: int) -> str:
+        if self.tokenizer is None:
+            return "" if token in (self.lm.cfg.text_padding_id, self.lm.cfg.text_end_padding_id) else f"<{token}>"
+        return self.tokenizer.piece_text(token)
+
+
+def describe_folder(folder: str | Path, name: str | None = None) -> ModelFiles:
+    """Work out which files in `folder` make up the model (no weights are read)."""
+    folder = Path(folder).expanduser()
+    if not folder.exists():
+        raise ModelNotFoundError(f"model folder not found: {folder}")
+    if folder.is_file():
+        raise ModelNotFoundError(f"{folder} is a file; give the folder that holds the model files")
+    name = name or folder.name
+    manifest = folder / MANIFEST
+    if manifest.is_file():
+        try:
+            meta = json.loads(manifest.read_text())
+        except json.JSONDecodeError as exc:
+            raise ModelLoadError(f"{manifest} is not valid JSON: {exc}") from exc
+        return ModelFiles(name=name, kind="duplex", folder=folder, codec=folder / meta.get("codec", "codec.safetensors"),
+                          lm=folder / meta.get("lm", "lm.safetensors"),
+                          tokenizer=folder / meta["tokenizer"] if meta.get("tokenizer") else None,
+                          description=meta.get("description", ""), trained=bool(meta.get("trained", True)),
+                          sampling=meta.get("sampling", {}))
+    return _describe_kyutai(folder, name)
+
+
+def _describe_kyutai(folder: Path, name: str) -> ModelFiles:
+    config = {}
+    if (folder / "config.json").is_file():
+        try:
+            config = json.loads((folder / "config.json").read_text())
+        except json.JSONDecodeError as exc:
+            raise ModelLoadError(f"{folder / 'config.json'} is not valid JSON: {exc}") from exc
+    lm = folder / config.get("moshi_name", "model.safetensors")
+    mimi_name = config.get("mimi_name")
+    mimi = folder / mimi_name if mimi_name else next(iter(sorted(folder.glob("tokenizer-*.safetensors"))), None)
+    spm_name = config.get("tokenizer_name")
+    spm = folder / spm_name if spm_name else next(iter(sorted(folder.glob("tokenizer_spm_*.model"))), None)
+    if not lm.is_file() and mimi is None:
+        raise ModelNotFoundError(
+            f"{folder} holds neither our model ({MANIFEST}) nor kyutai's Moshi files (model.safetensors, "
+            "tokenizer-*.safetensors, tokenizer_spm_32k_3.model)")
+    if mimi is None:
+        raise ModelNotFoundError(f"{folder}: no Mimi codec file (tokenizer-*.safetensors) next to {lm.name}")
+    lm_fields = {k: v for k, v in config.items() if k in LMConfig.__dataclass_fields__ and k != "mamba"}
+    lm_config = LMConfig(**{**LMConfig.moshi_7b().__dict__, **lm_fields}) if lm_fields else LMConfig.moshi_7b()
+    return ModelFiles(name=name, kind="kyutai", folder=folder, codec=mimi, lm=lm, tokenizer=spm,
+                      description="kyutai Moshi release", lm_config=lm_config)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
+def load_bundle(files: ModelFiles, device: str | torch.device = "auto", dtype: torch.dtype | None = None) -> ModelBundle:
+    missing = files.missing()
+    if missing:
+        raise ModelNotFoundError(f"model '{files.name}' in {files.folder} is missing: "
+                                 + ", ".join(p.name for p in missing))
+    dev = resolve_device(device)
+    if dtype is None:
+        dtype = torch.bfloat16 if dev.type == "cuda" and files.kind == "kyutai" else torch.float32
+    try:
+        lm = load_lm(files.lm, cfg=files.lm_config, device=dev, dtype=dtype)
+        codec = load_codec(files.codec, device=dev, num_codebooks=lm.cfg.user_streams)
+        tokenizer = TextTokenizer(files.tokenizer) if files.tokenizer else None
+    except (CheckpointError, TokenizerError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load model '{files.name}' from {files.folder}: {exc}") from exc
+    if tokenizer is not None and tokenizer.vocab_size > lm.cfg.text_card:
+        raise ModelLoadError(f"tokenizer {files.tokenizer.name} has {tokenizer.vocab_size} pieces but the LM's text "
+                             f"vocabulary is {lm.cfg.text_card}: are these files from the same model?")
+    sampling = SamplingConfig(**files.sampling) if files.sampling else SamplingConfig()
+    return ModelBundle(files=files, codec=codec, lm=lm, tokenizer=tokenizer, sampling=sampling)

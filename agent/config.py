@@ -1,0 +1,26 @@
+"""Runtime configuration of an Agent (everything has a sensible default)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class AgentConfig:
+    max_sessions: int = 16  # batch slots; a session beyond this is refused with SessionLimitError
+    realtime: bool = True  # False: offline pacing (step as soon as input is there; nothing dropped)
+    max_input_ms: int = 320  # input waiting beyond this is dropped (oldest first) when compute falls behind
+    max_events: int = 256  # per-session event queue; a slow consumer loses the oldest audio/stats events
+    max_chunk_s: float = 30.0  # largest single send_audio() call
+    stats_every: int = 12  # frames between Stats events (~1 s)
+    silence_frames_for_transcript: int = 6  # padding frames that close an utterance (~0.5 s)
+    device: str = "auto"
+    threads: int | None = None  # torch CPU threads (None: leave as is)
+
+    def __post_init__(self) -> None:
+        if self.max_sessions < 1:
+            raise ValueError("max_sessions must be >= 1")
+        if self.max_input_ms < 80:
+            raise ValueError("max_input_ms must be at least one frame (80 ms)")
+        if self.max_events < 8:
+            raise ValueError("max_events must be >= 8")

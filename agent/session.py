@@ -1,0 +1,210 @@
+"""A conversation: audio (and images) in, typed events out. One session = one batch slot of the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from agent.errors import InvalidAudioError, SessionClosedError, SessionLimitError, UnsupportedError
+from agent.events import AudioOut, Closed, Error, Event, Stats, TextToken, Transcript
+from agent.pcm import TARGET_RATE, StreamResampler, to_float_mono
+from streaming.buffers import DropOldestQueue
+from streaming.engine import EngineFullError, SessionSlot, SlotOutput
+
+if TYPE_CHECKING:
+    from agent.api import Agent
+
+FRAME_S = 0.08
+
+
+class Session:
+    """Use as `async with agent.session() as s:`; feed `send_audio`, read `events()` or register `.on(...)`."""
+
+    def __init__(self, agent: Agent, seed: int | None = None):
+        self.agent = agent
+        self.seed = seed if seed is not None else int(np.random.SeedSequence().entropy % (2**31))
+        cfg = agent.config
+        self._queue = DropOldestQueue(cfg.max_events)
+        self._callbacks: dict[type, list[Callable]] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._slot: SessionSlot | None = None
+        self._resampler: StreamResampler | None = None
+        self._closed = False
+        self._words: list[str] = []
+        self._utterance_start = 0.0
+        self._pad_run = 0
+        self._latency_ms = 0.0
+        self.image = None
+        self.frames_out = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def __aenter__(self) -> Session:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        if self._slot is not None:
+            return
+        cfg = self.agent.config
+        max_frames = max(1, cfg.max_input_ms // 80) if cfg.realtime else 64
+        try:
+            self._slot = await self.agent.engine.join(self.seed, max_frames, self._on_frame, self._has_room)
+        except EngineFullError as exc:
+            raise SessionLimitError(f"{exc}; close a session or start the agent with a larger max_sessions") from exc
+
+    async def close(self, reason: str = "closed") -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._slot is not None:
+            await self.agent.engine.leave(self._slot)
+        self._flush_transcript(self.frames_out * FRAME_S)
+        for task in self._tasks:
+            task.cancel()
+        self._emit(Closed(reason=reason, frames=self.frames_out))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- input ---------------------------------------------------------------------------------
+    def _check_open(self) -> SessionSlot:
+        if self._closed or self._slot is None:
+            raise SessionClosedError("the session is not open (use `async with agent.session() as s`)")
+        return self._slot
+
+    async def send_audio(self, pcm, sample_rate: int = TARGET_RATE) -> None:
+        """Queue audio: any dtype (float, int16/32, uint8, int16 bytes), mono or (T, C), any sample rate.
+
+        Raises InvalidAudioError for unusable input; the session keeps running. In real-time mode, input that
+        compute cannot keep up with is dropped oldest-first (counted in Stats); offline, this waits for room.
+        """
+        slot = self._check_open()
+        if not isinstance(sample_rate, int) or isinstance(sample_rate, bool):
+            raise InvalidAudioError(f"sample_rate must be an int, got {sample_rate!r}")
+        mono = to_float_mono(pcm, max_samples=int(self.agent.config.max_chunk_s * max(sample_rate, 1)))
+        if self._resampler is None or self._resampler.source_rate != sample_rate:
+            tail = self._resampler.flush() if self._resampler is not None else None
+            self._resampler = StreamResampler(sample_rate)
+            if tail is not None and tail.size:
+                await self._push(slot, tail)
+        await self._push(slot, self._resampler(mono))
+
+    async def _push(self, slot: SessionSlot, samples: np.ndarray) -> None:
+        if self.agent.config.realtime:
+            slot.push(samples)
+            return
+        step = slot.inputs.frame_size
+        i = 0
+        while i < samples.size:
+            while slot.inputs.free <= 0:
+                slot.consumed.clear()
+                try:
+                    async with asyncio.timeout(1.0):
+                        await slot.consumed.wait()
+                except TimeoutError:
+                    self._check_open()
+            n = slot.inputs.free * step
+            slot.push(samples[i:i + n])
+            i += n
+
+    async def end_input(self) -> None:
+        """No more audio will come (offline runs): the last partial frame is padded and processed."""
+        slot = self._check_open()
+        if self._resampler is not None:
+            tail = self._resampler.flush()
+            self._resampler = None
+            if tail.size:
+                await self._push(slot, tail)
+        slot.end_input()
+
+    def send_image(self, image) -> None:
+        """Show the model a camera frame (models with a vision adapter only)."""
+        self._check_open()
+        if not getattr(self.agent.bundle, "vision", None):
+            raise UnsupportedError(f"model '{self.agent.bundle.name}' has no vision adapter; send_image needs one")
+        self.image = image
+
+    # -- output --------------------------------------------------------------------------------
+    def on(self, event_type: type[Event], callback: Callable[[Event], object]) -> Session:
+        """Call `callback(event)` for every event of `event_type` (sync, or async: scheduled as a task)."""
+        if not (isinstance(event_type, type) and issubclass(event_type, Event)):
+            raise TypeError("event_type must be an Event class such as AudioOut or TextToken")
+        self._callbacks.setdefault(event_type, []).append(callback)
+        return self
+
+    async def events(self, timeout: float | None = None) -> AsyncIterator[Event]:
+        """Events in order until (and including) Closed."""
+        while True:
+            event = await self._queue.get(timeout)
+            yield event
+            if isinstance(event, Closed):
+                return
+
+    @property
+    def dropped_events(self) -> int:
+        return self._queue.dropped
+
+    def _has_room(self) -> bool:
+        return len(self._queue) + 4 <= self._queue.maxsize
+
+    def _emit(self, event: Event) -> None:
+        for cls, callbacks in self._callbacks.items():
+            if isinstance(event, cls):
+                for cb in callbacks:
+                    try:
+                        result = cb(event)
+                        if inspect.isawaitable(result):
+                            task = asyncio.ensure_future(result)
+                            self._tasks.add(task)
+                            task.add_done_callback(self._task_done)
+                    except Exception as exc:  # noqa: BLE001 - a broken callback is reported, not fatal
+                        self._queue.put(Error(type(exc).__name__, f"callback failed: {exc}"))
+        self._queue.put(event)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            self._queue.put(Error(type(exc).__name__, f"callback failed: {exc}"))
+
+    def _on_frame(self, out: SlotOutput) -> None:
+        if self._closed:
+            return
+        self.frames_out += 1
+        t = out.frame * FRAME_S
+        if out.arrived is not None:
+            self._latency_ms = (out.delivered - out.arrived) * 1e3
+        if out.valid:
+            self._emit(AudioOut(pcm=out.pcm, frame=out.frame))
+            text = self.agent.bundle.token_text(out.text)
+            if text:
+                if not self._words:
+                    self._utterance_start = t
+                self._words.append(text)
+                self._pad_run = 0
+                self._emit(TextToken(token=out.text, text=text, frame=out.frame, time=t))
+            else:
+                self._pad_run += 1
+                if self._pad_run >= self.agent.config.silence_frames_for_transcript:
+                    self._flush_transcript(t)
+        cfg = self.agent.config
+        if self.frames_out % cfg.stats_every == 0:
+            engine = self.agent.engine
+            slot = self._slot
+            self._emit(Stats(frame=out.frame, step_ms=out.step_ms, step_ms_p99=engine.step_p99(),
+                             latency_ms=self._latency_ms, sessions=engine.sessions,
+                             dropped_input_frames=slot.inputs.dropped if slot else 0,
+                             dropped_events=self._queue.dropped, late_ticks=engine.clock.late_ticks))
+
+    def _flush_transcript(self, end: float) -> None:
+        if self._words:
+            self._emit(Transcript(text="".join(self._words).strip(), start=self._utterance_start, end=end))
+            self._words = []

@@ -1,0 +1,92 @@
+"""The batched model step over a pool of session slots: codec encode -> LM -> codec decode.
+
+Active sessions occupy rows [0, n) of preallocated streaming states; one step runs them all as a single
+batched forward on the device. A leaving session's row is refilled by moving the last row into it, so the
+active block stays contiguous and nobody else's state changes (sampling noise is keyed by each slot's own
+seed and frame counter, which move with it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models.codec import Codec
+from models.lm import LMGenerator
+from models.state import copy_slot, narrow_state
+
+
+@dataclass
+class FrameResult:
+    text: np.ndarray  # [n] int64 text token per active slot
+    valid: np.ndarray  # [n] bool, False during each slot's first frames (model delay)
+    pcm: np.ndarray  # [n, frame_size] float32 model audio (silence where not valid)
+    audio_codes: np.ndarray  # [n, dep_q]
+    user_codes: np.ndarray  # [n, K]
+
+
+class SlotPool:
+    def __init__(self, codec: Codec, generator: LMGenerator, capacity: int):
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.codec, self.gen, self.capacity = codec, generator, capacity
+        self.device = generator.model.device
+        with torch.inference_mode():
+            self.codec_state = codec.init_state(capacity, device=self.device, chunk=1)
+            self.gen_state = generator.init_state(capacity)
+        self.active = 0
+
+    @property
+    def frame_size(self) -> int:
+        return self.codec.frame_size
+
+    def add(self, seed: int) -> int:
+        """Claim the next free row for a new session (fresh state, given sampling seed)."""
+        if self.active >= self.capacity:
+            raise RuntimeError("slot pool is full")
+        row = self.active
+        mask = torch.zeros(self.capacity, dtype=torch.bool, device=self.device)
+        mask[row] = True
+        with torch.inference_mode():
+            self.codec_state.reset(mask)
+            self.gen_state.reset(mask)
+            self.gen_state.seeds[row] = seed
+        self.active += 1
+        return row
+
+    def remove(self, row: int) -> int | None:
+        """Free `row`; returns the row that was moved into it (the old last row), or None."""
+        if not 0 <= row < self.active:
+            raise IndexError(f"row {row} is not active")
+        last = self.active - 1
+        self.active -= 1
+        if row == last:
+            return None
+        with torch.inference_mode():
+            copy_slot(self.codec_state, last, row)
+            copy_slot(self.gen_state, last, row)
+        return last
+
+    @torch.inference_mode()
+    def step(self, frames: np.ndarray) -> FrameResult:
+        """frames [n, frame_size] float32 for the n active rows -> the model's frame for each."""
+        n = self.active
+        if frames.shape != (n, self.frame_size):
+            raise ValueError(f"expected frames of shape {(n, self.frame_size)}, got {frames.shape}")
+        codec_state = narrow_state(self.codec_state, n)
+        gen_state = narrow_state(self.gen_state, n)
+        wav = torch.from_numpy(frames).to(self.device, self.codec.downsample.weight.dtype)[:, None]
+        user_codes = self.codec.encode_step(wav, codec_state)  # [n, K, 1]
+        out = self.gen.step(user_codes[..., 0], gen_state)
+        # Rows inside the model delay hold placeholder ids (< 0): decode code 0 there, then discard it below.
+        pcm = self.codec.decode_step(out.audio.clamp_min(0)[..., None], codec_state)[:, 0]
+        # Silence those rows and restart their decoder so the first real frame decodes from a clean state.
+        not_valid = ~out.valid
+        for part in (codec_state.upsample, codec_state.decoder_transformer, codec_state.decoder):
+            part.reset(not_valid)
+        pcm = torch.where(out.valid[:, None], pcm, torch.zeros_like(pcm))
+        return FrameResult(text=out.text.cpu().numpy(), valid=out.valid.cpu().numpy(),
+                           pcm=pcm.float().cpu().numpy(), audio_codes=out.audio.cpu().numpy(),
+                           user_codes=user_codes[..., 0].cpu().numpy())
