@@ -77,7 +77,8 @@ def describe_folder(folder: str | Path, name: str | None = None) -> ModelFiles:
             meta = json.loads(manifest.read_text())
         except json.JSONDecodeError as exc:
             raise ModelLoadError(f"{manifest} is not valid JSON: {exc}") from exc
-        return ModelFiles(name=name, kind="duplex", folder=folder, codec=folder / meta.get("codec", "codec.safetensors"),
+        return ModelFiles(name=name, kind="duplex", folder=folder,
+                          codec=folder / meta.get("codec", "codec.safetensors"),
                           lm=folder / meta.get("lm", "lm.safetensors"),
                           tokenizer=folder / meta["tokenizer"] if meta.get("tokenizer") else None,
                           description=meta.get("description", ""), trained=bool(meta.get("trained", True)),
@@ -118,7 +119,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-def load_bundle(files: ModelFiles, device: str | torch.device = "auto", dtype: torch.dtype | None = None) -> ModelBundle:
+def load_bundle(files: ModelFiles, device: str | torch.device = "auto",
+                dtype: torch.dtype | None = None) -> ModelBundle:
     missing = files.missing()
     if missing:
         raise ModelNotFoundError(f"model '{files.name}' in {files.folder} is missing: "

@@ -14,6 +14,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Real-time full-duplex speech-and-vision agent (Mimi-compatible codec + dual-stream LM).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from agent import run_cli
+
+    run_cli.add_commands(sub)
     codec_cli.add_commands(sub)
     bench = sub.add_parser("bench", help="benchmarks that print ratios against a named baseline")
     bench_sub = bench.add_subparsers(dest="bench_target", metavar="TARGET")
@@ -39,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserFacingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        from agent.errors import DuplexError
+
+        if isinstance(exc, DuplexError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        raise
 
 
 class UserFacingError(Exception):

@@ -15,6 +15,15 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     lm.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     lm.add_argument("--no-reference", action="store_true", help="skip the reference moshi comparison")
     lm.set_defaults(handler=_lm)
+    eng = sub.add_parser("engine", help="batched frame step (codec + LM) for N concurrent sessions; max real-time N")
+    eng.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 16, 64])
+    eng.add_argument("--frames", type=int, default=30, help="timed frames per N (default 30)")
+    eng.add_argument("--model", default="default", help="model name or folder (default: the embedded default)")
+    eng.add_argument("--device", default="auto")
+    eng.add_argument("--threads", type=int, default=None)
+    eng.add_argument("--no-search", dest="search", action="store_false",
+                     help="do not bisect the largest real-time N between measured points")
+    eng.set_defaults(handler=_engine)
     gpu = sub.add_parser("gpu", help="fused kernels and LM frame steps on a GPU, vs the reference")
     gpu.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     gpu.add_argument("--skip-lm", action="store_true", help="only the Mamba2 kernel comparison")
@@ -25,6 +34,12 @@ def _lm(args) -> int:
     from agent.benchmarks.lm_cpu import run_lm_cpu_bench
 
     return run_lm_cpu_bench(args)
+
+
+def _engine(args) -> int:
+    from agent.benchmarks.engine import run_engine_bench
+
+    return run_engine_bench(args)
 
 
 def _gpu(args) -> int:

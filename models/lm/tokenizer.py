@@ -43,4 +43,6 @@ class TextTokenizer:
         """Text of one streamed token as servers print it ('▁' -> space); '' for PAD/EPAD."""
         if token in SPECIAL_IDS or not 0 <= token < self.vocab_size:
             return ""
+        if self._sp.IsControl(token) or self._sp.IsUnknown(token):
+            return ""
         return self._sp.IdToPiece(token).replace("▁", " ")

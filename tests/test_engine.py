@@ -1,0 +1,182 @@
+"""The engine: batched stepping equals stepping alone, slots join and leave, bounded queues, typed errors."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from agent import (
+    Agent,
+    AgentConfig,
+    AudioOut,
+    Closed,
+    InvalidAudioError,
+    SessionClosedError,
+    SessionLimitError,
+    Stats,
+    UnsupportedError,
+)
+from agent.bundle import load_bundle
+from agent.registry import resolve
+from models.lm import LMGenerator
+from streaming.slots import SlotPool
+
+FRAME = 1920
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_bundle(resolve("default"), device="cpu")
+
+
+def _speechlike(seed: int, frames: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(frames * FRAME) / 24000
+    env = (np.sin(2 * np.pi * rng.uniform(1, 3) * t) > 0).astype(np.float32)
+    tone = np.sin(2 * np.pi * rng.uniform(120, 300) * t) + 0.1 * rng.standard_normal(t.size)
+    return (0.3 * env * tone).astype(np.float32)
+
+
+def _run_alone(bundle, seed: int, audio: np.ndarray, frames: int):
+    pool = SlotPool(bundle.codec, LMGenerator(bundle.lm, bundle.sampling), 1)
+    pool.add(seed)
+    outs = [pool.step(audio[None, t * FRAME:(t + 1) * FRAME]) for t in range(frames)]
+    return [(int(o.text[0]), o.audio_codes[0].tolist()) for o in outs]
+
+
+def test_batched_sessions_match_sessions_alone_across_joins_and_leaves(bundle):
+    frames = 24
+    seeds = [11, 22, 33]
+    audio = [_speechlike(s, frames) for s in seeds]
+    alone = [_run_alone(bundle, s, a, frames) for s, a in zip(seeds, audio)]
+
+    pool = SlotPool(bundle.codec, LMGenerator(bundle.lm, bundle.sampling), 4)
+    rows = {0: pool.add(seeds[0]), 1: pool.add(seeds[1])}
+    got = {0: [], 1: [], 2: []}
+    start = {0: 0, 1: 0, 2: 8}  # session 2 joins at frame 8
+    for t in range(frames):
+        if t == 8:
+            rows[2] = pool.add(seeds[2])
+        if t == 16:  # session 0 leaves; the last row moves into its place
+            moved = pool.remove(rows.pop(0))
+            for k, r in rows.items():
+                if r == moved:
+                    rows[k] = 0
+        batch = np.zeros((pool.active, FRAME), np.float32)
+        for k, r in rows.items():
+            i = t - start[k]
+            batch[r] = audio[k][i * FRAME:(i + 1) * FRAME]
+        out = pool.step(batch)
+        for k, r in rows.items():
+            got[k].append((int(out.text[r]), out.audio_codes[r].tolist()))
+    assert got[0] == alone[0][:16]
+    assert got[1] == alone[1]
+    assert got[2] == alone[2][: frames - 8]
+    assert any(v for v in (alone[0][-1][1], alone[1][-1][1]))  # really produced audio codes
+
+
+def _agent(bundle, **kw) -> Agent:
+    return Agent(bundle, AgentConfig(**kw))
+
+
+def test_slow_consumer_never_blocks_other_sessions(bundle):
+    async def main():
+        async with _agent(bundle, max_sessions=2, max_events=8) as agent:
+            async with agent.session(seed=1) as slow, agent.session(seed=2) as fast:
+                got = 0
+                for _ in range(40):
+                    await slow.send_audio(np.zeros(FRAME, np.float32))
+                    await fast.send_audio(np.zeros(FRAME, np.float32))
+                    await asyncio.sleep(0.08)
+                    while True:
+                        try:
+                            ev = await fast._queue.get(timeout=0)
+                        except TimeoutError:
+                            break
+                        got += isinstance(ev, AudioOut)
+                return got, slow.dropped_events, fast.dropped_events, slow.frames_out
+
+    got, slow_dropped, fast_dropped, slow_frames = asyncio.run(main())
+    assert slow_frames >= 30  # the engine kept stepping the slow session too
+    assert slow_dropped > 0  # ... and its bounded queue shed the oldest audio instead of growing
+    assert fast_dropped == 0 and got >= 25  # the reading session got its audio in time
+
+
+def test_closing_frees_the_slot_and_limit_is_enforced(bundle):
+    async def main():
+        async with _agent(bundle, max_sessions=2) as agent:
+            a = agent.session()
+            b = agent.session()
+            await a.open()
+            await b.open()
+            with pytest.raises(SessionLimitError, match="max_sessions"):
+                await agent.session().open()
+            await a.close()
+            assert agent.engine.sessions == 1
+            async with agent.session() as c:
+                assert agent.engine.sessions == 2
+                await c.send_audio(np.zeros(FRAME * 2, np.float32))
+            with pytest.raises(SessionClosedError):
+                await a.send_audio(np.zeros(FRAME, np.float32))
+            events = [ev async for ev in a.events(timeout=2)]
+            assert isinstance(events[-1], Closed)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.full(FRAME, np.nan, np.float32), "NaN"),
+    (np.array([1 + 2j] * 100), "dtype"),
+    (np.array(["a", "b"]), "dtype"),
+    (np.zeros(0, np.float32), "empty"),
+    (np.zeros(24000 * 31, np.float32), "smaller chunks"),
+    (np.zeros((3, 3, 3), np.float32), "1-D"),
+    (b"\x00\x01\x02", "16-bit"),
+])
+def test_bad_audio_gives_typed_errors_and_session_keeps_working(bundle, bad, match):
+    async def main():
+        async with _agent(bundle, max_sessions=1, realtime=False) as agent, agent.session(seed=3) as s:
+            with pytest.raises(InvalidAudioError, match=match):
+                await s.send_audio(bad)
+            with pytest.raises(InvalidAudioError):
+                await s.send_audio(np.zeros(100, np.float32), sample_rate=5)
+            with pytest.raises(UnsupportedError, match="vision"):
+                s.send_image(np.zeros((8, 8, 3), np.uint8))
+            await s.send_audio((np.zeros((FRAME * 3, 2)) * 32767).astype(np.int16), sample_rate=24000)
+            await s.end_input()
+            frames = 0
+            async for ev in s.events(timeout=10):
+                frames = s.frames_out
+                if frames >= 3:
+                    break
+            return frames
+
+    assert asyncio.run(main()) == 3
+
+
+def test_input_any_rate_and_format_is_converted(bundle):
+    async def main():
+        async with _agent(bundle, max_sessions=1, realtime=False) as agent, agent.session(seed=3) as s:
+            pcm16 = (np.sin(np.arange(16000) / 16000 * 2 * np.pi * 300) * 20000).astype(np.int16)
+            for i in range(0, pcm16.size, 1000):  # 1 s at 16 kHz in small chunks -> 24000 samples
+                await s.send_audio(pcm16[i:i + 1000], sample_rate=16000)
+            await s.end_input()
+            stats = []
+            async for ev in s.events(timeout=10):
+                if isinstance(ev, Stats):
+                    stats.append(ev)
+                if s.frames_out >= 13:
+                    break
+            return s._slot.inputs.received_samples, stats
+
+    received, stats = asyncio.run(main())
+    assert abs(received - 24000) < 200
+    assert stats and stats[0].dropped_input_frames == 0 and stats[0].sessions == 1
+
+
+def test_realtime_drops_input_when_compute_falls_behind(bundle):
+    from streaming.buffers import InputFrames
+
+    buf = InputFrames(max_frames=4)
+    assert buf.push(np.zeros(FRAME * 10, np.float32)) == 6  # 800 ms arrived at once: keep the newest 320 ms
+    assert len(buf) == 4 and buf.dropped == 6
