@@ -144,12 +144,10 @@ def test_bad_audio_gives_typed_errors_and_session_keeps_working(bundle, bad, mat
                 s.send_image(np.zeros((8, 8, 3), np.uint8))
             await s.send_audio((np.zeros((FRAME * 3, 2)) * 32767).astype(np.int16), sample_rate=24000)
             await s.end_input()
-            frames = 0
-            async for ev in s.events(timeout=10):
-                frames = s.frames_out
-                if frames >= 3:
+            async for _ in s.events(timeout=10):
+                if s.frames_out >= 3:
                     break
-            return frames
+            return s.frames_out
 
     assert asyncio.run(main()) == 3
 
@@ -180,3 +178,30 @@ def test_realtime_drops_input_when_compute_falls_behind(bundle):
     buf = InputFrames(max_frames=4)
     assert buf.push(np.zeros(FRAME * 10, np.float32)) == 6  # 800 ms arrived at once: keep the newest 320 ms
     assert len(buf) == 4 and buf.dropped == 6
+
+
+def test_on_callbacks_sync_and_async(bundle):
+    async def main():
+        seen, seen_async = [], []
+
+        async def record(ev):
+            seen_async.append(ev.frame)
+
+        async with _agent(bundle, max_sessions=1, realtime=False) as agent, agent.session(seed=5) as s:
+            s.on(AudioOut, lambda ev: seen.append(ev.frame)).on(AudioOut, record)
+            with pytest.raises(TypeError):
+                s.on(int, print)
+            s.on(Stats, lambda ev: 1 / 0)  # a broken callback is reported as an Error event, nothing else breaks
+            await s.send_audio(np.zeros(FRAME * 14, np.float32))
+            await s.end_input()
+            kinds = []
+            async for ev in s.events(timeout=10):
+                kinds.append(type(ev).__name__)
+                if s.frames_out >= 14:
+                    break
+            await asyncio.sleep(0.05)
+            return seen, seen_async, kinds
+
+    seen, seen_async, kinds = asyncio.run(main())
+    assert seen == list(range(seen[0], 14)) and sorted(seen_async) == seen
+    assert "Error" in kinds and kinds.count("AudioOut") == len(seen)
