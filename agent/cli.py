@@ -17,6 +17,15 @@ def build_parser() -> argparse.ArgumentParser:
     from agent import run_cli
 
     run_cli.add_commands(sub)
+    try:
+        from agent import serve
+    except ImportError:  # aiohttp/aiortc are the `serve` extra
+        serve = None
+    if serve is not None:
+        serve.add_command(sub)
+    else:
+        missing = sub.add_parser("serve", help="browser/WebSocket server (needs: pip install 'duplex-agent[serve]')")
+        missing.set_defaults(handler=_missing_serve)
     codec_cli.add_commands(sub)
     bench = sub.add_parser("bench", help="benchmarks that print ratios against a named baseline")
     bench_sub = bench.add_subparsers(dest="bench_target", metavar="TARGET")
@@ -49,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         raise
+
+
+def _missing_serve(args) -> int:
+    raise UserFacingError("`duplex serve` needs aiohttp, aiortc and sphn: pip install 'duplex-agent[serve]'")
 
 
 class UserFacingError(Exception):

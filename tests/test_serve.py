@@ -1,0 +1,167 @@
+"""`duplex serve`: the Moshi-protocol WebSocket and WebRTC end to end, in process, with the embedded model."""
+
+import asyncio
+import fractions
+import json
+
+import numpy as np
+import pytest
+
+aiohttp = pytest.importorskip("aiohttp")
+sphn = pytest.importorskip("sphn")
+pytest.importorskip("aiortc")
+
+from aiohttp.test_utils import TestServer  # noqa: E402
+
+from agent import Agent, AgentConfig  # noqa: E402
+from agent.bundle import load_bundle  # noqa: E402
+from agent.registry import resolve  # noqa: E402
+from agent.serve import build_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_bundle(resolve("default"), device="cpu")
+
+
+def _tone(seconds: float, rate: int = 24000) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+
+
+async def _serve(bundle, **kw):
+    agent = Agent(bundle, AgentConfig(max_sessions=kw.pop("max_sessions", 4)))
+    server = TestServer(build_app(agent, **kw))
+    await server.start_server()
+    return server
+
+
+def test_moshi_websocket_protocol_end_to_end(bundle):
+    async def main():
+        server = await _serve(bundle, max_sessions=1, token="s3cret")
+        url = server.make_url("/api/chat")
+        try:
+            async with aiohttp.ClientSession() as http:
+                resp = await http.get(url)
+                assert resp.status == 401  # no token
+                health = await (await http.get(server.make_url("/health"))).json()
+                assert health["status"] == "ok" and health["max_sessions"] == 1
+                ws = await http.ws_connect(url.with_query(worker_auth_id="s3cret", audio_seed="7"))
+                first = await ws.receive_bytes(timeout=10)
+                assert first[0] == 0x00
+                # a second client is refused clearly while the only slot is taken
+                ws2 = await http.ws_connect(url.with_query(worker_auth_id="s3cret"))
+                refusal = await ws2.receive_bytes(timeout=10)
+                assert refusal[0] == 0x05 and b"server full" in refusal
+                await ws2.close()
+                # malformed messages get 0x05 errors, the connection lives on
+                for bad in (b"", b"\x7f", b"\x01not-ogg-at-all"):
+                    await ws.send_bytes(bad)
+                await ws.send_str("hello")
+                writer, reader = sphn.OpusStreamWriter(24000), sphn.OpusStreamReader(24000)
+                pcm = _tone(2.0)
+                for i in range(0, pcm.size, 480):  # 20 ms chunks, like kyutai's clients
+                    page = writer.append_pcm(pcm[i:i + 480])
+                    if page:
+                        await ws.send_bytes(b"\x01" + page)
+                    if i % 4800 == 0:
+                        await asyncio.sleep(0.02)
+                audio, text, errors = 0, [], []
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 20
+                while loop.time() < deadline and (audio < 24000 or not text):
+                    msg = await ws.receive(timeout=10)
+                    if msg.type != aiohttp.WSMsgType.BINARY:
+                        break
+                    kind, payload = msg.data[0], msg.data[1:]
+                    if kind == 0x01:
+                        out = reader.append_bytes(payload)
+                        audio += 0 if out is None else out.size
+                    elif kind == 0x02:
+                        text.append(payload.decode())
+                    elif kind == 0x05:
+                        errors.append(payload.decode())
+                await ws.close()
+                assert audio >= 24000 and text
+                assert len(errors) >= 4 and any("Ogg" in e for e in errors)
+                await asyncio.sleep(0.3)
+                assert (await (await http.get(server.make_url("/health"))).json())["sessions"] == 0
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+
+
+def test_webrtc_client_end_to_end(bundle):
+    from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+    from av import AudioFrame
+
+    class Tone(MediaStreamTrack):
+        kind = "audio"
+
+        def __init__(self):
+            super().__init__()
+            self.pts = 0
+
+        async def recv(self):
+            await asyncio.sleep(0.02)
+            n = 960
+            t = (np.arange(n) + self.pts) / 48000
+            s = (np.sin(2 * np.pi * 220 * t) * 8000).astype(np.int16)
+            f = AudioFrame.from_ndarray(s[None, :], format="s16", layout="mono")
+            f.sample_rate, f.pts, f.time_base = 48000, self.pts, fractions.Fraction(1, 48000)
+            self.pts += n
+            return f
+
+    async def main():
+        server = await _serve(bundle)
+        try:
+            async with aiohttp.ClientSession() as http:
+                bad = await http.post(server.make_url("/offer"), json={"sdp": "garbage", "type": "offer"})
+                assert bad.status == 400
+                bad = await http.post(server.make_url("/offer"), data=b"{not json")
+                assert bad.status == 400
+                pc = RTCPeerConnection()
+                channel = pc.createDataChannel("chat")
+                messages = []
+                channel.on("message", lambda m: messages.append(json.loads(m)))
+                pc.addTrack(Tone())
+                received = []
+
+                @pc.on("track")
+                def on_track(track):
+                    async def pull():
+                        while True:
+                            try:
+                                f = await track.recv()
+                            except Exception:  # noqa: BLE001
+                                return
+                            received.append(np.abs(f.to_ndarray()).max())
+                    asyncio.ensure_future(pull())
+
+                await pc.setLocalDescription(await pc.createOffer())
+                resp = await http.post(server.make_url("/offer"), json={"sdp": pc.localDescription.sdp,
+                                                                          "type": pc.localDescription.type})
+                assert resp.status == 200
+                await pc.setRemoteDescription(RTCSessionDescription(**await resp.json()))
+                for _ in range(150):
+                    await asyncio.sleep(0.1)
+                    stats = [m for m in messages if m["type"] == "stats"]
+                    if stats and any(m["type"] == "text" for m in messages) and len(received) > 50 \
+                            and max(received[-25:]) > 0:
+                        break
+                assert stats and stats[-1]["audio_frames_in"] > 0  # the server hears the client's audio
+                assert any(m["type"] == "text" for m in messages)  # text over the data channel
+                assert len(received) > 50 and max(received) > 0  # the model's voice, not only silence
+                health = await (await http.get(server.make_url("/health"))).json()
+                assert health["sessions"] == 1
+                await pc.close()
+                for _ in range(50):
+                    await asyncio.sleep(0.1)
+                    if (await (await http.get(server.make_url("/health"))).json())["sessions"] == 0:
+                        break
+                assert (await (await http.get(server.make_url("/health"))).json())["sessions"] == 0
+        finally:
+            await server.close()
+
+    asyncio.run(main())
