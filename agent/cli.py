@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         missing = sub.add_parser("serve", help="browser/WebSocket server (needs: pip install 'duplex-agent[serve]')")
         missing.set_defaults(handler=_missing_serve)
+    from tui import cli as tui_cli
+
+    tui_cli.add_command(sub)
     codec_cli.add_commands(sub)
     bench = sub.add_parser("bench", help="benchmarks that print ratios against a named baseline")
     bench_sub = bench.add_subparsers(dest="bench_target", metavar="TARGET")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import collections
+import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +24,7 @@ class ServerState:
     ice_servers: list[str] = field(default_factory=list)
     vision_enabled: bool = False
     peers: set = field(default_factory=set)
+    client_reports: collections.deque = field(default_factory=lambda: collections.deque(maxlen=32))
 
 
 def build_app(agent: Agent, token: str | None = None, ice_servers: list[str] | None = None) -> web.Application:
@@ -41,6 +45,15 @@ def build_app(agent: Agent, token: str | None = None, ice_servers: list[str] | N
                                   "max_sessions": agent.config.max_sessions, "step_ms_p99": round(eng.step_p99(), 2),
                                   "late_ticks": eng.clock.late_ticks})
 
+    async def client_report(request: web.Request) -> web.StreamResponse:
+        try:
+            report = await request.json()
+        except (json.JSONDecodeError, ValueError):
+            return web.json_response({"error": "expected JSON"}, status=400)
+        state.client_reports.append(report)
+        logging.getLogger("duplex.serve").info("client report: %s", json.dumps(report)[:2000])
+        return web.json_response({"ok": True})
+
     async def on_startup(app: web.Application) -> None:
         await agent.start()
 
@@ -53,6 +66,7 @@ def build_app(agent: Agent, token: str | None = None, ice_servers: list[str] | N
     app.router.add_get("/health", health)
     app.router.add_post("/offer", handle_offer)
     app.router.add_get("/api/chat", handle_chat)
+    app.router.add_post("/client-report", client_report)
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
     return app

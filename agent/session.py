@@ -87,15 +87,29 @@ class Session:
         compute cannot keep up with is dropped oldest-first (counted in Stats); offline, this waits for room.
         """
         slot = self._check_open()
+        for samples in self._convert(pcm, sample_rate):
+            await self._push(slot, samples)
+
+    def send_audio_nowait(self, pcm, sample_rate: int = TARGET_RATE) -> None:
+        """Non-blocking `send_audio` for real-time callers (audio callbacks, event handlers)."""
+        slot = self._check_open()
+        if not self.agent.config.realtime:
+            raise RuntimeError("send_audio_nowait needs a real-time agent; await send_audio() offline")
+        for samples in self._convert(pcm, sample_rate):
+            slot.push(samples)
+
+    def _convert(self, pcm, sample_rate: int) -> list[np.ndarray]:
         if not isinstance(sample_rate, int) or isinstance(sample_rate, bool):
             raise InvalidAudioError(f"sample_rate must be an int, got {sample_rate!r}")
         mono = to_float_mono(pcm, max_samples=int(self.agent.config.max_chunk_s * max(sample_rate, 1)))
+        out = []
         if self._resampler is None or self._resampler.source_rate != sample_rate:
             tail = self._resampler.flush() if self._resampler is not None else None
             self._resampler = StreamResampler(sample_rate)
             if tail is not None and tail.size:
-                await self._push(slot, tail)
-        await self._push(slot, self._resampler(mono))
+                out.append(tail)
+        out.append(self._resampler(mono))
+        return out
 
     async def _push(self, slot: SessionSlot, samples: np.ndarray) -> None:
         if self.agent.config.realtime:

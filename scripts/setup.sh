@@ -5,13 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if command -v apt-get >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  PKGS="libportaudio2 pocketsphinx-testdata espeak-ng flite"
+  PKGS="libportaudio2 pocketsphinx-testdata espeak-ng flite chromium"
   missing=""
   for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
   if [ -n "$missing" ]; then
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get update -qq
-    # libportaudio2: sounddevice (live audio); pocketsphinx-testdata: real speech fixtures; espeak-ng/flite: TTS data.
+    # libportaudio2: sounddevice (live audio); pocketsphinx-testdata: real speech fixtures; espeak-ng/flite: TTS
+    # data; chromium: the headless browser test of the WebRTC page.
     $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
   fi
 fi

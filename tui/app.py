@@ -1,0 +1,130 @@
+"""`duplex chat`: a terminal client. The app is one more client of the async library API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.widgets import Footer, Header, ProgressBar, RichLog, Static
+
+from tui.audio_io import AudioIO
+
+
+class ChatApp(App):
+    TITLE = "duplex chat"
+    CSS = """
+    #meters { height: 3; }
+    .meter-label { width: 8; }
+    ProgressBar { width: 1fr; }
+    #transcript { height: 1fr; border: round $accent; }
+    #stats { height: 1; color: $text-muted; }
+    """
+    BINDINGS = [Binding("m", "toggle_mute", "mute/unmute"), Binding("i", "snapshot", "send camera image"),
+                Binding("q", "quit", "quit")]
+
+    def __init__(self, agent_factory, audio: AudioIO, seed: int | None = None, camera: str | None = None):
+        super().__init__()
+        self.agent_factory = agent_factory
+        self.audio = audio
+        self.seed = seed
+        self.camera = Path(camera) if camera else None
+        self.muted = False
+        self.session = None
+        self.agent = None
+        self.text = ""
+        self.last_stats = None
+        self.dropped_mic_chunks = 0
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="meters"):
+            yield Static("mic", classes="meter-label")
+            yield ProgressBar(total=100, show_eta=False, show_percentage=False, id="mic")
+            yield Static("model", classes="meter-label")
+            yield ProgressBar(total=100, show_eta=False, show_percentage=False, id="out")
+        yield RichLog(id="transcript", wrap=True, max_lines=2000)
+        yield Static("connecting...", id="stats")
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        self.agent = self.agent_factory()
+        await self.agent.start()
+        self.session = self.agent.session(seed=self.seed)
+        await self.session.open()
+        from agent.events import AudioOut, Error, Stats, TextToken, Transcript
+
+        log = self.query_one("#transcript", RichLog)
+        self.session.on(AudioOut, lambda ev: self.audio.play(ev.pcm))
+        self.session.on(TextToken, self._on_text)
+        self.session.on(Transcript, lambda ev: self._end_line())
+        self.session.on(Stats, self._on_stats)
+        self.session.on(Error, lambda ev: log.write(f"[red]{ev.kind}: {ev.message}[/red]"))
+        self.run_worker(self._drain(), exclusive=True, group="events")
+        self.audio.start(self._loop_for_audio(), self._on_mic)
+        self.set_interval(1 / 15, self._refresh_meters)
+        self.sub_title = f"model: {self.agent.bundle.name}"
+
+    def _loop_for_audio(self):
+        import asyncio
+
+        return asyncio.get_running_loop()
+
+    async def _drain(self) -> None:
+        async for _ in self.session.events():  # callbacks do the work; this keeps the queue empty
+            pass
+
+    def _on_mic(self, chunk: np.ndarray) -> None:
+        if self.session is None or self.session.closed:
+            return
+        if self.muted:
+            chunk = np.zeros_like(chunk)
+        self.session.send_audio_nowait(chunk)
+
+    def _on_text(self, ev) -> None:
+        self.text += ev.text
+        line = self.text.rsplit("\n", 1)[-1]
+        log = self.query_one("#transcript", RichLog)
+        if " " in ev.text or len(line) > 60:
+            log.write(line.strip())
+            self.text = ""
+
+    def _end_line(self) -> None:
+        if self.text.strip():
+            self.query_one("#transcript", RichLog).write(self.text.strip())
+        self.text = ""
+
+    def _on_stats(self, ev) -> None:
+        self.last_stats = ev
+        mute = " · MUTED" if self.muted else ""
+        self.query_one("#stats", Static).update(
+            f"latency {ev.latency_ms:4.0f} ms · step {ev.step_ms:5.1f} ms (p99 {ev.step_ms_p99:5.1f}) · "
+            f"dropped in {ev.dropped_input_frames} · dropped out {ev.dropped_events} · "
+            f"underruns {self.audio.underruns}{mute}")
+
+    def _refresh_meters(self) -> None:
+        self.query_one("#mic", ProgressBar).update(progress=0 if self.muted else 100 * self.audio.input_level)
+        self.query_one("#out", ProgressBar).update(progress=100 * self.audio.output_level)
+
+    def action_toggle_mute(self) -> None:
+        self.muted = not self.muted
+        self.notify("microphone muted" if self.muted else "microphone live")
+
+    def action_snapshot(self) -> None:
+        if self.camera is None:
+            self.notify("no --camera image path given", severity="warning")
+            return
+        from agent.errors import DuplexError
+
+        try:
+            self.session.send_image(self.camera)
+            self.notify(f"sent {self.camera.name}")
+        except DuplexError as exc:
+            self.notify(str(exc), severity="error")
+
+    async def on_unmount(self) -> None:
+        self.audio.stop()
+        if self.agent is not None:
+            await self.agent.close()
