@@ -24,6 +24,11 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     eng.add_argument("--no-search", dest="search", action="store_false",
                      help="do not bisect the largest real-time N between measured points")
     eng.set_defaults(handler=_engine)
+    lat = sub.add_parser("latency", help="latency our stack adds over loopback WebSocket and WebRTC")
+    lat.add_argument("--seconds", type=float, default=10.0, help="length of the WebSocket stream (default 10)")
+    lat.add_argument("--model", default="default")
+    lat.add_argument("--device", default="auto")
+    lat.set_defaults(handler=_latency)
     gpu = sub.add_parser("gpu", help="fused kernels and LM frame steps on a GPU, vs the reference")
     gpu.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     gpu.add_argument("--skip-lm", action="store_true", help="only the Mamba2 kernel comparison")
@@ -40,6 +45,12 @@ def _engine(args) -> int:
     from agent.benchmarks.engine import run_engine_bench
 
     return run_engine_bench(args)
+
+
+def _latency(args) -> int:
+    from agent.benchmarks.latency import run_latency_bench
+
+    return run_latency_bench(args)
 
 
 def _gpu(args) -> int:

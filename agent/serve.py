@@ -23,17 +23,19 @@ class ServerState:
     token: str | None = None
     ice_servers: list[str] = field(default_factory=list)
     vision_enabled: bool = False
+    jitter_prefetch: int | None = 1  # 20 ms packets aiortc buffers before playing (its default 4 adds 80 ms)
     peers: set = field(default_factory=set)
     client_reports: collections.deque = field(default_factory=lambda: collections.deque(maxlen=32))
 
 
-def build_app(agent: Agent, token: str | None = None, ice_servers: list[str] | None = None) -> web.Application:
+def build_app(agent: Agent, token: str | None = None, ice_servers: list[str] | None = None,
+              jitter_prefetch: int | None = 1) -> web.Application:
     from streaming.transports.moshi_ws import handle_chat
     from streaming.transports.webrtc import handle_offer
 
     app = web.Application(client_max_size=1024 * 1024)
     state = ServerState(agent=agent, token=token, ice_servers=list(ice_servers or []),
-                        vision_enabled=bool(getattr(agent.bundle, "vision", None)))
+                        vision_enabled=bool(getattr(agent.bundle, "vision", None)), jitter_prefetch=jitter_prefetch)
     app[SERVER] = state
 
     async def index(request: web.Request) -> web.StreamResponse:
@@ -84,6 +86,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token", help="require this token (?worker_auth_id= for WebSocket, ?token= for WebRTC)")
     p.add_argument("--ice-server", action="append", default=[],
                    help="STUN/TURN URL for WebRTC (repeatable; none by default: LAN/loopback only)")
+    p.add_argument("--jitter-prefetch", type=int, default=1,
+                   help="20 ms packets to buffer before playing incoming WebRTC audio (aiortc's own default 4 "
+                        "adds 80 ms; raise it on lossy networks; default 1)")
     add_model_args(p)
     p.set_defaults(handler=_serve)
 
@@ -92,7 +97,7 @@ def _serve(args) -> int:
     from agent.config import AgentConfig
 
     agent = Agent.from_pretrained(args.model, AgentConfig(max_sessions=args.max_sessions, device=args.device))
-    app = build_app(agent, token=args.token, ice_servers=args.ice_server)
+    app = build_app(agent, token=args.token, ice_servers=args.ice_server, jitter_prefetch=args.jitter_prefetch)
     print(f"model '{agent.bundle.name}' loaded; open http://{args.host}:{args.port}/ "
           f"(WebSocket: ws://{args.host}:{args.port}/api/chat)")
     web.run_app(app, host=args.host, port=args.port, print=None)

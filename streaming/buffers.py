@@ -15,6 +15,7 @@ FRAME_SIZE = 1920  # 80 ms at 24 kHz
 class InputFrame:
     pcm: np.ndarray  # float32 [FRAME_SIZE]
     arrived: float  # monotonic time its last sample arrived
+    index: int = 0  # position in the session's input stream, in frames (dropped frames count too)
 
 
 class InputFrames:
@@ -33,6 +34,7 @@ class InputFrames:
         self._partial = np.zeros(0, np.float32)
         self.dropped = 0
         self.received_samples = 0
+        self.frames_cut = 0
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -48,7 +50,9 @@ class InputFrames:
         data = np.concatenate([self._partial, samples]) if self._partial.size else samples
         n = data.size // self.frame_size
         for i in range(n):
-            self._frames.append(InputFrame(data[i * self.frame_size:(i + 1) * self.frame_size].copy(), now))
+            self._frames.append(InputFrame(data[i * self.frame_size:(i + 1) * self.frame_size].copy(), now,
+                                           self.frames_cut))
+            self.frames_cut += 1
         self._partial = data[n * self.frame_size:].copy()
         dropped = 0
         while len(self._frames) > self.max_frames:

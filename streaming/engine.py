@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streaming.buffers import InputFrames
+from streaming.buffers import InputFrame, InputFrames
 from streaming.clock import FrameClock
 from streaming.slots import FrameResult, SlotPool
 from streaming.stats import percentile
@@ -40,6 +40,7 @@ class SlotOutput:
     valid: bool
     pcm: np.ndarray
     arrived: float | None  # when the input frame stepped was complete (None: silence filled in)
+    input_index: int | None  # which input frame of the session was stepped (None: silence filled in)
     step_ms: float
     delivered: float
 
@@ -186,11 +187,11 @@ class Engine:
                 if not slots:
                     continue
                 frames = np.zeros((len(slots), self.pool.frame_size), np.float32)
-                arrived: list[float | None] = []
+                arrived: list[InputFrame | None] = []
                 for i, s in enumerate(slots):
                     f = s.inputs.pop()
                     s.consumed.set()
-                    arrived.append(f.arrived if f is not None else None)
+                    arrived.append(f)
                     if f is not None:
                         frames[i] = f.pcm
                 t0 = time.monotonic()
@@ -208,7 +209,9 @@ class Engine:
             now = time.monotonic()
             for i, s in enumerate(slots):
                 out = SlotOutput(frame=s.frames, text=int(result.text[i]), valid=bool(result.valid[i]),
-                                 pcm=result.pcm[i], arrived=arrived[i], step_ms=step_ms, delivered=now)
+                                 pcm=result.pcm[i], step_ms=step_ms, delivered=now,
+                                 arrived=arrived[i].arrived if arrived[i] else None,
+                                 input_index=arrived[i].index if arrived[i] else None)
                 s.frames += 1
                 try:
                     s.sink(out)

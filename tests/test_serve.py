@@ -165,3 +165,47 @@ def test_webrtc_client_end_to_end(bundle):
             await server.close()
 
     asyncio.run(main())
+
+
+def test_abrupt_disconnect_does_not_harm_the_server(bundle):
+    async def main():
+        server = await _serve(bundle, max_sessions=1)
+        try:
+            async with aiohttp.ClientSession() as http:
+                ws = await http.ws_connect(server.make_url("/api/chat"))
+                assert (await ws.receive_bytes(timeout=10))[0] == 0
+                ws._response.connection.transport.abort()  # vanish without a close frame
+            for _ in range(50):  # the slot is freed, so the single-slot server accepts a new client
+                await asyncio.sleep(0.1)
+                async with aiohttp.ClientSession() as http:
+                    health = await (await http.get(server.make_url("/health"))).json()
+                if health["sessions"] == 0:
+                    break
+            async with aiohttp.ClientSession() as http:
+                ws = await http.ws_connect(server.make_url("/api/chat"))
+                assert (await ws.receive_bytes(timeout=10))[0] == 0
+                await ws.close()
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+
+
+def test_outbound_track_is_bounded_and_paced():
+    from streaming.transports.webrtc import OUT_RATE, OutboundAudio
+
+    async def main():
+        track = OutboundAudio(max_s=0.4)
+        for _ in range(100):  # 8 s of model audio arriving at once
+            track.write(np.ones(1920, np.float32) * 0.5)
+        assert track._buf.size <= 0.4 * OUT_RATE and track.dropped_samples > 0
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        frames = [await track.recv() for _ in range(30)]  # 600 ms of packets
+        elapsed = loop.time() - t0
+        track.stop()
+        return frames, elapsed
+
+    frames, elapsed = asyncio.run(main())
+    assert 0.5 < elapsed < 1.0  # paced on the wall clock, not bursted
+    assert frames[0].samples == 960 and np.abs(frames[-1].to_ndarray()).max() == 0  # silence once drained

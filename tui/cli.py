@@ -45,7 +45,8 @@ def _chat(args) -> int:
         try:
             audio = SoundDeviceIO(_device(args.input_device), _device(args.output_device))
         except RuntimeError as exc:
-            raise UserFacingError(f"{exc}\n  Without audio hardware use --input-file user.wav --output-file reply.wav")
+            raise UserFacingError(
+                f"{exc}\n  Without audio hardware use --input-file user.wav --output-file reply.wav") from exc
     from agent import Agent, AgentConfig
     from agent.registry import resolve
 

@@ -88,6 +88,22 @@ class OutboundAudio(_media_track_base()):
         return frame
 
 
+def set_audio_jitter_prefetch(receiver, prefetch: int) -> bool:
+    """Shorten aiortc's hard-coded audio jitter buffer prefetch (4 x 20 ms = 80 ms of added latency).
+
+    aiortc exposes no setting for it, so this replaces the receiver's private buffer before any packet arrives;
+    returns False (and changes nothing) if aiortc's internals differ from what this expects.
+    """
+    from aiortc.jitterbuffer import JitterBuffer
+
+    attr = "_RTCRtpReceiver__jitter_buffer"
+    old = getattr(receiver, attr, None)
+    if not isinstance(old, JitterBuffer) or getattr(receiver, "_RTCRtpReceiver__kind", "audio") != "audio":
+        return False
+    setattr(receiver, attr, JitterBuffer(capacity=16, prefetch=prefetch))
+    return True
+
+
 class PeerSession:
     """One browser connection bound to one agent session."""
 
@@ -217,6 +233,9 @@ async def handle_offer(request: web.Request) -> web.StreamResponse:
         await pc.setRemoteDescription(offer)
         for t in pc.getTransceivers():
             if t.kind == "audio":
+                if server.jitter_prefetch is not None and not set_audio_jitter_prefetch(t.receiver,
+                                                                                       server.jitter_prefetch):
+                    log.warning("could not shorten aiortc's audio jitter buffer (internals changed?)")
                 t.sender.replaceTrack(peer.out)
                 t.direction = "sendrecv"
         if not any(t.kind == "audio" for t in pc.getTransceivers()):
