@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     tui_cli.add_command(sub)
     codec_cli.add_commands(sub)
+    from agent.training import cli as training_cli
+
+    training_cli.add_commands(sub)
     bench = sub.add_parser("bench", help="benchmarks that print ratios against a named baseline")
     bench_sub = bench.add_subparsers(dest="bench_target", metavar="TARGET")
     codec_cli.add_bench(bench_sub)

@@ -102,12 +102,14 @@ class CausalConv1d(nn.Module):
         if self.history:
             previous = state.previous
             if self.pad_mode == "replicate":
-                previous = torch.where(state.first.view(-1, 1, 1), x[..., :1], previous)
+                # clone: the flag is reset in place below, and autograd keeps the condition for backward
+                previous = torch.where(state.first.view(-1, 1, 1).clone(), x[..., :1], previous)
                 state.first.zero_()
             x = torch.cat([previous, x], dim=-1)
             state.previous.copy_(x[..., -self.history:])
         out_len = (x.shape[-1] - self.history - self.stride) // self.stride + 1
-        if x.device.type == "cpu" and self.groups == 1 and out_len <= MATMUL_MAX_STEPS:
+        if x.device.type == "cpu" and self.groups == 1 and out_len <= MATMUL_MAX_STEPS and not (
+                torch.is_grad_enabled() and self.weight.requires_grad):  # the cached copy carries no gradient
             return _conv1d_matmul(x, self._matmul_weight.get(self.weight), self.bias, self.weight.shape[-1],
                                   self.stride, self.dilation)
         return F.conv1d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)

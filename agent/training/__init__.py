@@ -1,0 +1,1 @@
+"""Training the embedded default model: data synthesis, codec and LM training (`duplex data|train`)."""

@@ -1,0 +1,37 @@
+"""`duplex data synth` and `duplex train codec|lm`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="training data for the embedded default model")
+    dsub = data.add_subparsers(dest="data_command", metavar="ACTION")
+    synth = dsub.add_parser("synth", help="synthesize spoken dialogues offline (espeak-ng + flite)",
+                            description="Writes shards of dialogues (user audio, agent audio, aligned words, "
+                                        "scenes). Resumable: existing shards are kept.")
+    synth.add_argument("--out", default="data/synth/train", help="output folder (default data/synth/train)")
+    synth.add_argument("--count", type=int, default=4000, help="dialogues (default 4000)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--held-out", action="store_true",
+                       help="use the held-out user voice (flite rms) for an evaluation set")
+    synth.set_defaults(handler=_synth)
+    data.set_defaults(handler=lambda args: data.print_help() or 2)
+
+    train = sub.add_parser("train", help="train the default model's codec or LM (CPU, or GPU when present)")
+    tsub = train.add_subparsers(dest="train_command", metavar="PART")
+    from agent.training import codec_train, lm_train
+
+    codec_train.add_command(tsub)
+    lm_train.add_command(tsub)
+    train.set_defaults(handler=lambda args: train.print_help() or 2)
+
+
+def _synth(args) -> int:
+    from agent.training.synth import synth_dataset
+
+    n = synth_dataset(Path(args.out), args.count, args.seed, held_out=args.held_out)
+    print(f"wrote {n} new dialogues to {args.out}")
+    return 0

@@ -1,0 +1,110 @@
+"""`duplex data synth`: spoken dialogues (user + agent tracks, aligned agent words, optional image).
+
+One dialogue = the user asks, the agent answers ~0.2-0.3 s after the user stops, then silence. Some dialogues
+are silent throughout (the agent must stay silent) and some have the user interrupt (the agent stops).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from agent.training.dialogues import sample_qa
+from agent.training.tts import AGENT_VOICE, HELD_OUT_VOICE, TRAIN_USER_VOICES, CachedTTS, Voice
+
+RATE = 24_000
+SHARD = 250
+
+
+def _silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * RATE), np.float32)
+
+
+def make_dialogue(rng: random.Random, tts: CachedTTS, voices: list[Voice], vision: bool = True) -> dict:
+    voice = rng.choice(voices)
+    qa = sample_qa(rng, vision)
+    roll = rng.random()
+    if roll < 0.05:  # nobody speaks: the agent must stay silent
+        n = int(rng.uniform(2.0, 4.0) * RATE)
+        return {"user": np.zeros(n, np.float32), "agent": np.zeros(n, np.float32), "words": [], "kind": "silence",
+                "qa": None, "voice": voice.label, "user_end": 0}
+    question = tts(qa.question, voice) * rng.uniform(0.5, 1.0)
+    lead = _silence(rng.uniform(0.2, 0.8))
+    user = [lead, question]
+    user_end = lead.size + question.size
+    gap = int(rng.uniform(0.16, 0.32) * RATE)
+    start = user_end + gap
+    agent_parts, words, pos = [], [], start
+    for w in qa.answer.split():
+        a = tts(w, AGENT_VOICE)
+        words.append((pos, w))
+        agent_parts.append(a)
+        agent_parts.append(_silence(0.06))
+        pos += a.size + int(0.06 * RATE)
+    agent = np.concatenate([np.zeros(start, np.float32), *agent_parts])
+    kind = qa.kind
+    if roll > 0.85 and len(words) >= 3:  # the user barges in: the agent stops within ~160 ms
+        onset = words[rng.randint(1, len(words) - 1)][0] + int(rng.uniform(0.0, 0.2) * RATE)
+        interruption = tts(rng.choice(["stop", "wait", "hold on"]), voice) * rng.uniform(0.6, 1.0)
+        cut = onset + int(0.16 * RATE)
+        fade = min(480, max(0, agent.size - cut))
+        agent[cut:cut + fade] *= np.linspace(1, 0, fade, dtype=np.float32)
+        agent[cut + fade:] = 0
+        words = [(p, w) for p, w in words if p < cut]
+        user_pad = np.zeros(max(0, onset - user_end), np.float32)
+        user += [user_pad, interruption]
+        kind = "interrupted"
+    user_t = np.concatenate(user)
+    total = max(user_t.size, agent.size) + int(rng.uniform(0.4, 1.0) * RATE)
+    user_t = np.pad(user_t, (0, total - user_t.size))
+    agent = np.pad(agent, (0, total - agent.size))[:total]
+    user_t = user_t + np.random.default_rng(rng.randint(0, 2**31)).normal(0, 0.002, total).astype(np.float32)
+    return {"user": user_t, "agent": agent, "words": words, "kind": kind, "voice": voice.label,
+            "qa": asdict(qa), "user_end": user_end}
+
+
+def _to_int16(x: np.ndarray) -> np.ndarray:
+    return (np.clip(x, -1, 1) * 32767).astype(np.int16)
+
+
+def synth_dataset(out: Path, count: int, seed: int, held_out: bool = False, vision: bool = True) -> int:
+    """Write `count` dialogues as shards of SHARD; skips shards that already exist (resumable)."""
+    out.mkdir(parents=True, exist_ok=True)
+    tts = CachedTTS()
+    voices = [HELD_OUT_VOICE] if held_out else TRAIN_USER_VOICES
+    shards = (count + SHARD - 1) // SHARD
+    written = 0
+    with tqdm(total=count, desc=f"synth {out.name}", unit="dialogue") as bar:
+        for s in range(shards):
+            path = out / f"shard_{s:04d}.pt"
+            n = min(SHARD, count - s * SHARD)
+            if path.exists():
+                bar.update(n)
+                continue
+            rng = random.Random(seed * 1_000_003 + s)
+            items = []
+            for _ in range(n):
+                d = make_dialogue(rng, tts, voices, vision)
+                d["user"], d["agent"] = _to_int16(d["user"]), _to_int16(d["agent"])
+                items.append(d)
+                bar.update()
+            tmp = path.with_suffix(".tmp")
+            torch.save(items, tmp)
+            tmp.rename(path)
+            written += n
+    return written
+
+
+def load_dialogues(folder: Path) -> list[dict]:
+    shards = sorted(Path(folder).glob("shard_*.pt"))
+    if not shards:
+        raise FileNotFoundError(f"no dialogue shards in {folder}: run `duplex data synth --out {folder}` first")
+    items = []
+    for p in shards:
+        items += torch.load(p, weights_only=False)
+    return items

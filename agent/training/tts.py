@@ -1,0 +1,73 @@
+"""Offline speech for training data: Debian espeak-ng and flite voices, resampled to 24 kHz, cached."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from agent.audio import load_audio
+
+
+@dataclass(frozen=True)
+class Voice:
+    engine: str  # "espeak" or "flite"
+    name: str
+    speed: int = 0  # espeak words per minute (0 = default)
+
+    @property
+    def label(self) -> str:
+        return f"{self.engine}:{self.name}" + (f"@{self.speed}" if self.speed else "")
+
+
+# The agent always speaks with one voice; users speak with several, and one flite voice is held out for tests.
+AGENT_VOICE = Voice("flite", "slt")
+TRAIN_USER_VOICES = [Voice("espeak", v, s) for v in ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-us+f3")
+                     for s in (140, 175)] + [Voice("flite", "kal"), Voice("flite", "awb")]
+HELD_OUT_VOICE = Voice("flite", "rms")
+
+
+class TTSError(RuntimeError):
+    pass
+
+
+def synthesize(text: str, voice: Voice) -> np.ndarray:
+    """float32 mono 24 kHz, leading/trailing silence trimmed."""
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "x.wav"
+        if voice.engine == "espeak":
+            cmd = ["espeak-ng", "-v", voice.name, "-w", str(out)] + (["-s", str(voice.speed)] if voice.speed else [])
+            cmd.append(text)
+        elif voice.engine == "flite":
+            cmd = ["flite", "-voice", voice.name, "-t", text, "-o", str(out)]
+        else:
+            raise TTSError(f"unknown TTS engine {voice.engine}")
+        try:
+            subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+        except FileNotFoundError as exc:
+            raise TTSError(f"{cmd[0]} is not installed: sudo apt-get install espeak-ng flite") from exc
+        except subprocess.CalledProcessError as exc:
+            raise TTSError(f"{cmd[0]} failed: {exc.stderr.decode(errors='replace')[:200]}") from exc
+        audio = load_audio(out).samples
+    return trim(audio)
+
+
+def trim(x: np.ndarray, threshold: float = 0.01) -> np.ndarray:
+    loud = np.flatnonzero(np.abs(x) > threshold)
+    if loud.size == 0:
+        return x[:0]
+    return x[max(0, loud[0] - 240): loud[-1] + 240].astype(np.float32)
+
+
+class CachedTTS:
+    def __init__(self):
+        self._cache: dict[tuple[str, Voice], np.ndarray] = {}
+
+    def __call__(self, text: str, voice: Voice) -> np.ndarray:
+        key = (text, voice)
+        if key not in self._cache:
+            self._cache[key] = synthesize(text, voice)
+        return self._cache[key]
