@@ -12,9 +12,9 @@ from agent.errors import (
                           SessionLimitError,
                           UnsupportedError,
 )
-from agent.events import AudioOut, Closed, Error, Event, Stats, TextToken, Transcript
+from agent.events import AudioOut, Closed, Error, Event, ImageGate, ImageUpdated, Stats, TextToken, Transcript
 from agent.session import Session
 
-__all__ = ["Agent", "AgentConfig", "AudioOut", "Closed", "DuplexError", "Error", "Event", "InvalidAudioError",
-           "InvalidImageError", "ModelLoadError", "ModelNotFoundError", "Session", "SessionClosedError",
-           "SessionLimitError", "Stats", "TextToken", "Transcript", "UnsupportedError"]
+__all__ = ["Agent", "AgentConfig", "AudioOut", "Closed", "DuplexError", "Error", "Event", "ImageGate",
+           "ImageUpdated", "InvalidAudioError", "InvalidImageError", "ModelLoadError", "ModelNotFoundError", "Session",
+           "SessionClosedError", "SessionLimitError", "Stats", "TextToken", "Transcript", "UnsupportedError"]

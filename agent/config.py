@@ -14,6 +14,8 @@ class AgentConfig:
     max_chunk_s: float = 30.0  # largest single send_audio() call
     stats_every: int = 12  # frames between Stats events (~1 s)
     silence_frames_for_transcript: int = 6  # padding frames that close an utterance (~0.5 s)
+    vision_fps: float = 2.0  # camera frames are sampled at most this often
+    vision_min_change: float = 0.02  # ... and skipped when they barely differ from the view already encoded
     device: str = "auto"
     threads: int | None = None  # torch CPU threads (None: leave as is)
 

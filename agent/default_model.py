@@ -6,6 +6,7 @@ a small Mimi-topology codec with 4 codebooks and a 6-layer Mamba2/attention hybr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from models.codec.quantizer import QuantizerConfig
 from models.codec.seanet import SEANetConfig
 from models.codec.transformer import CodecTransformerConfig
 from models.lm import LMConfig, LMModel, MambaConfig, save_lm
+from models.lm.config import VisionAdapterConfig
+from models.vision.encoder import ImageEncoderConfig
 
 CODEBOOKS = 4
 TEXT_VOCAB = 256
@@ -59,7 +62,9 @@ def lm_config(text_card: int = TEXT_VOCAB) -> LMConfig:
     return LMConfig(dim=256, num_heads=4, num_layers=6, pattern="MMA", context=250, text_card=text_card,
                     card=256, n_q=2 * k, dep_q=k, delays=[0] + ([0] + [1] * (k - 1)) * 2,
                     depformer_dim=128, depformer_dim_feedforward=int(4.125 * 128), depformer_num_heads=4,
-                    depformer_num_layers=2, mamba=MambaConfig(d_state=32, headdim=32, chunk_size=32))
+                    depformer_num_layers=2, mamba=MambaConfig(d_state=32, headdim=32, chunk_size=32),
+                    vision=VisionAdapterConfig(xa_dim=128, layers=[2, 5], encoder=dataclasses.asdict(
+                        ImageEncoderConfig(image_size=64, patch=8, dim=128, layers=2, heads=4))))
 
 
 def train_tokenizer(out_prefix: Path, text: str = DOMAIN_TEXT, vocab: int = TEXT_VOCAB) -> Path:

@@ -63,6 +63,26 @@ class Stats(Event):
 
 
 @dataclass(frozen=True)
+class ImageGate(Event):
+    """Per frame while an image is shown: how much the model's output drew on it (mean gate, 0..1)."""
+
+    droppable: ClassVar[bool] = True
+    frame: int
+    time: float
+    gate: float
+
+
+@dataclass(frozen=True)
+class ImageUpdated(Event):
+    """A new camera view was encoded and swapped in (from this frame on the model sees it)."""
+
+    frame: int
+    time: float
+    encode_ms: float
+    change: float  # how different it was from the previous view (0..1)
+
+
+@dataclass(frozen=True)
 class Error(Event):
     kind: str  # exception class name
     message: str

@@ -97,7 +97,7 @@ async def _simulate(args, samples: np.ndarray, progress) -> tuple[np.ndarray, li
     errors: list[str] = []
     async with agent, agent.session(seed=args.seed) as s:
         if args.image:
-            s.send_image(args.image)
+            await s.show_image(args.image)
 
         async def feed():
             chunk = FRAME * 25  # 2 s at a time, as a client would stream it

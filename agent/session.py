@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from agent.errors import InvalidAudioError, SessionClosedError, SessionLimitError, UnsupportedError
-from agent.events import AudioOut, Closed, Error, Event, Stats, TextToken, Transcript
+from agent.events import AudioOut, Closed, Error, Event, ImageGate, ImageUpdated, Stats, TextToken, Transcript
 from agent.pcm import TARGET_RATE, StreamResampler, to_float_mono
 from streaming.buffers import DropOldestQueue
 from streaming.engine import EngineFullError, SessionSlot, SlotOutput
@@ -38,8 +38,11 @@ class Session:
         self._utterance_start = 0.0
         self._pad_run = 0
         self._latency_ms = 0.0
-        self.image = None
         self.frames_out = 0
+        self._latest_image = None  # newest camera frame, prepared, not yet encoded
+        self._shown_image = None  # the view the model currently sees
+        self._camera_task: asyncio.Task | None = None
+        self.images_skipped = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def __aenter__(self) -> Session:
@@ -139,12 +142,61 @@ class Session:
                 await self._push(slot, tail)
         slot.end_input()
 
-    def send_image(self, image) -> None:
-        """Show the model a camera frame (models with a vision adapter only)."""
+    def _prepare_image(self, image):
         self._check_open()
-        if not getattr(self.agent.bundle, "vision", None):
-            raise UnsupportedError(f"model '{self.agent.bundle.name}' has no vision adapter; send_image needs one")
-        self.image = image
+        if not self.agent.pool.has_vision:
+            raise UnsupportedError(f"model '{self.agent.bundle.name}' has no vision adapter; images need one")
+        from agent.images import prepare, to_rgb
+
+        return prepare(to_rgb(image), self.agent.bundle.lm.image_encoder.cfg.image_size)
+
+    def send_image(self, image) -> None:
+        """Camera stream: offer a frame at any rate. Frames are sampled at `vision_fps`, near-duplicates are
+        skipped, and encoding runs off the audio path (the frame clock never waits for it).
+
+        Raises InvalidImageError for unusable images (the session keeps running).
+        """
+        self._latest_image = self._prepare_image(image)
+        if self._camera_task is None:
+            self._camera_task = asyncio.ensure_future(self._camera_loop())
+            self._tasks.add(self._camera_task)
+
+    async def show_image(self, image) -> None:
+        """Show one image now: returns once the model sees it (deterministic; for stills and offline runs)."""
+        await self._apply_image(self._prepare_image(image))
+
+    async def clear_image(self) -> None:
+        slot = self._check_open()
+        async with self.agent.engine._lock:
+            if slot.active:
+                self.agent.pool.set_image(slot.row, None)
+        self._shown_image = None
+
+    async def _apply_image(self, prepared) -> None:
+        from agent.images import change
+
+        diff = 1.0 if self._shown_image is None else change(prepared, self._shown_image)
+        encode_ms = await self.agent.engine.update_image(self._check_open(), prepared)
+        self._shown_image = prepared
+        frame = self._slot.frames if self._slot else 0
+        self._emit(ImageUpdated(frame=frame, time=frame * FRAME_S, encode_ms=encode_ms, change=diff))
+
+    async def _camera_loop(self) -> None:
+        from agent.images import change
+
+        period = 1.0 / self.agent.config.vision_fps
+        while not self._closed:
+            latest, self._latest_image = self._latest_image, None
+            if latest is not None:
+                if self._shown_image is not None and change(latest, self._shown_image) < \
+                        self.agent.config.vision_min_change:
+                    self.images_skipped += 1
+                else:
+                    try:
+                        await self._apply_image(latest)
+                    except SessionClosedError:
+                        return
+            await asyncio.sleep(period)
 
     # -- output --------------------------------------------------------------------------------
     def on(self, event_type: type[Event], callback: Callable[[Event], object]) -> Session:
@@ -196,6 +248,8 @@ class Session:
         t = out.frame * FRAME_S
         if out.arrived is not None:
             self._latency_ms = (out.delivered - out.arrived) * 1e3
+        if out.gate is not None and self._shown_image is not None:
+            self._emit(ImageGate(frame=out.frame, time=t, gate=out.gate))
         if out.valid:
             self._emit(AudioOut(pcm=out.pcm, frame=out.frame))
             text = self.agent.bundle.token_text(out.text)

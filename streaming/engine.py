@@ -43,6 +43,7 @@ class SlotOutput:
     input_index: int | None  # which input frame of the session was stepped (None: silence filled in)
     step_ms: float
     delivered: float
+    gate: float | None = None  # mean vision gate (vision models with an image)
 
 
 class SessionSlot:
@@ -85,6 +86,8 @@ class Engine:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="duplex-step")
+        # Images are encoded on their own thread, so a new camera view never delays an audio step.
+        self._vision_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="duplex-vision")
         self._task: asyncio.Task | None = None
         self._stopping = False
         self.step_ms: collections.deque[float] = collections.deque(maxlen=125)
@@ -107,6 +110,7 @@ class Engine:
                 pass
             self._task = None
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._vision_executor.shutdown(wait=True, cancel_futures=True)
 
     @property
     def sessions(self) -> int:
@@ -141,6 +145,20 @@ class Engine:
             for i, s in enumerate(self._slots):
                 assert s.row == i
         self.notify()
+
+    async def update_image(self, slot: SessionSlot, image) -> float:
+        """Encode `image` ([3, S, S]) off the audio path, then swap it into the slot between two steps.
+
+        Returns the encode time in ms. The lock is held only for the swap (a small copy).
+        """
+        loop = asyncio.get_running_loop()
+        t0 = time.monotonic()
+        tokens = await loop.run_in_executor(self._vision_executor, self.pool.encode_image, image)
+        encode_ms = (time.monotonic() - t0) * 1e3
+        async with self._lock:
+            if slot.active:
+                self.pool.set_image(slot.row, tokens)
+        return encode_ms
 
     def notify(self) -> None:
         self._wake.set()
@@ -211,7 +229,8 @@ class Engine:
                 out = SlotOutput(frame=s.frames, text=int(result.text[i]), valid=bool(result.valid[i]),
                                  pcm=result.pcm[i], step_ms=step_ms, delivered=now,
                                  arrived=arrived[i].arrived if arrived[i] else None,
-                                 input_index=arrived[i].index if arrived[i] else None)
+                                 input_index=arrived[i].index if arrived[i] else None,
+                                 gate=None if result.gate is None else float(result.gate[i]))
                 s.frames += 1
                 try:
                     s.sink(out)

@@ -25,6 +25,7 @@ class FrameResult:
     pcm: np.ndarray  # [n, frame_size] float32 model audio (silence where not valid)
     audio_codes: np.ndarray  # [n, dep_q]
     user_codes: np.ndarray  # [n, K]
+    gate: np.ndarray | None = None  # [n] mean vision gate (vision models)
 
 
 class SlotPool:
@@ -89,4 +90,19 @@ class SlotPool:
         pcm = torch.where(out.valid[:, None], pcm, torch.zeros_like(pcm))
         return FrameResult(text=out.text.cpu().numpy(), valid=out.valid.cpu().numpy(),
                            pcm=pcm.float().cpu().numpy(), audio_codes=out.audio.cpu().numpy(),
-                           user_codes=user_codes[..., 0].cpu().numpy())
+                           user_codes=user_codes[..., 0].cpu().numpy(),
+                           gate=None if out.gate is None else out.gate.cpu().numpy())
+
+    @property
+    def has_vision(self) -> bool:
+        return self.gen.model.image_encoder is not None
+
+    @torch.inference_mode()
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """[3, S, S] -> image tokens [N, xa_dim]; touches no session state, so it may run beside `step`."""
+        return self.gen.model.encode_image(image[None])[0]
+
+    @torch.inference_mode()
+    def set_image(self, row: int, tokens: torch.Tensor | None) -> None:
+        """Swap slot `row`'s cached image keys/values (call between steps)."""
+        self.gen.model.set_image(self.gen_state.backbone, row, tokens)

@@ -53,7 +53,7 @@ def test_run_errors_are_clear(tmp_path, capsys, config_home):
     assert "no model named 'moshiko'" in err and "duplex models add" in err
     assert main(["run", "--input", str(src), "--output", str(tmp_path / "o.wav"), "--image", "x.png",
                  "--quiet"]) == 1
-    assert "vision" in capsys.readouterr().err
+    assert "image file not found" in capsys.readouterr().err
 
 
 def test_models_lists_embedded_and_registered(tmp_path, capsys, config_home):
@@ -88,6 +88,17 @@ def test_kyutai_release_layout_loads(tmp_path):
     assert files.kind == "kyutai" and files.tokenizer is None
     bundle = load_bundle(files, device="cpu")
     assert bundle.lm.cfg.dim == cfg.dim and bundle.codec.num_codebooks == cfg.user_streams
+
+    async def no_vision():
+        from agent import Agent, UnsupportedError
+
+        async with Agent(bundle) as agent, agent.session() as s:
+            with pytest.raises(UnsupportedError, match="vision"):
+                s.send_image(np.zeros((32, 32, 3), np.uint8))
+
+    import asyncio
+
+    asyncio.run(no_vision())
     (tmp_path / "tokenizer-e351c8d8-checkpoint125.safetensors").unlink()
     with pytest.raises(ModelNotFoundError, match="Mimi"):
         describe_folder(tmp_path)

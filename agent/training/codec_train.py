@@ -15,8 +15,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from agent.training.common import (load_checkpoint, pick_device, rng_state, save_checkpoint, seed_everything,
-                                   set_rng_state)
+from agent.training.common import (
+    load_checkpoint,
+    pick_device,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 
 RATE = 24_000
 

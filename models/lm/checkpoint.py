@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from models.checkpoint import load_checked, read_safetensors, safetensors_metadata
-from models.lm.config import LMConfig, MambaConfig
+from models.lm.config import LMConfig, MambaConfig, VisionAdapterConfig
 from models.lm.model import LMModel
 
 _SPLIT = re.compile(r"^(.*self_attn)\.(in_projs|out_projs)\.(\d+)\.weight$")
@@ -32,8 +32,24 @@ def convert_moshi_state_dict(raw: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return out
 
 
+_SHARED_XA = re.compile(r"^transformer\.layers\.(\d+)\.cross_attention\.mha\.(.+)$")
+
+
+def fill_shared_cross_attention(model: LMModel, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """MoshiVis shares one cross-attention projection across layers; files may store it under one layer only."""
+    shared = {m.group(2): v for k, v in state.items() if (m := _SHARED_XA.match(k))}
+    if not shared:
+        return state
+    out = dict(state)
+    for key in model.state_dict():
+        m = _SHARED_XA.match(key)
+        if m and key not in out and m.group(2) in shared:
+            out[key] = shared[m.group(2)]
+    return out
+
+
 def load_lm_state_dict(model: LMModel, raw: dict[str, torch.Tensor], source: str = "Moshi checkpoint") -> LMModel:
-    load_checked(model, convert_moshi_state_dict(raw), source)
+    load_checked(model, fill_shared_cross_attention(model, convert_moshi_state_dict(raw)), source)
     return model
 
 
@@ -44,6 +60,8 @@ def lm_config_to_json(cfg: LMConfig) -> str:
 def lm_config_from_json(text: str) -> LMConfig:
     data = json.loads(text)
     data["mamba"] = MambaConfig(**data["mamba"])
+    if data.get("vision"):
+        data["vision"] = VisionAdapterConfig(**data["vision"])
     return LMConfig(**data)
 
 
@@ -51,7 +69,7 @@ def save_lm(model: LMModel, path: str | Path) -> None:
     """Save in the published Moshi key layout, with our config in the file's metadata."""
     from safetensors.torch import save_file
 
-    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}  # clone: shared tensors
     save_file(sd, str(path), metadata={"lm_config": lm_config_to_json(model.cfg)})
 
 

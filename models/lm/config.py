@@ -18,6 +18,15 @@ class MambaConfig:
 
 
 @dataclass
+class VisionAdapterConfig:
+    """MoshiVis-style adapters: shared gated cross-attention into the backbone layers."""
+
+    xa_dim: int = 128  # width of the image tokens
+    layers: list[int] | None = None  # backbone layers with cross-attention (None = all)
+    encoder: dict | None = None  # our ImageEncoderConfig fields (None: image tokens come from elsewhere)
+
+
+@dataclass
 class LMConfig:
     dim: int = 4096
     num_heads: int = 32
@@ -40,6 +49,7 @@ class LMConfig:
     depformer_num_heads: int = 16
     depformer_num_layers: int = 6
     mamba: MambaConfig = field(default_factory=MambaConfig)
+    vision: VisionAdapterConfig | None = None
 
     def __post_init__(self) -> None:
         if len(self.delays) != 1 + self.n_q:
@@ -55,6 +65,9 @@ class LMConfig:
         if not self.pattern:
             return "A" * self.num_layers
         return (self.pattern * (self.num_layers // len(self.pattern) + 1))[: self.num_layers]
+
+    def has_cross_attention(self, layer: int) -> bool:
+        return self.vision is not None and (self.vision.layers is None or layer in self.vision.layers)
 
     @property
     def dim_feedforward(self) -> int:

@@ -45,6 +45,7 @@ class StepOutput:
     audio: torch.Tensor  # [B, dep_q] the model's audio codes for the frame
     valid: torch.Tensor  # [B] bool: False during the first max_delay frames of a slot
     text_logits: torch.Tensor  # [B, text_card] logits that produced the newest text token
+    gate: torch.Tensor | None = None  # [B] mean vision gate of this step (vision models only)
 
 
 class LMGenerator:
@@ -113,4 +114,6 @@ class LMGenerator:
         read = (state.offsets[:, None] - cfg.max_delay + self.delays[None, : 1 + cfg.dep_q]) % ring
         out = state.tokens[:, : 1 + cfg.dep_q].gather(2, read[..., None])[..., 0]
         valid = state.offsets > cfg.max_delay
-        return StepOutput(text=out[:, 0], audio=out[:, 1:], valid=valid, text_logits=text_logits[:, -1])
+        vision = state.backbone.vision
+        return StepOutput(text=out[:, 0], audio=out[:, 1:], valid=valid, text_logits=text_logits[:, -1],
+                          gate=None if vision is None else vision.gate.clone())

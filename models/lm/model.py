@@ -16,46 +16,77 @@ from models.lm.config import LMConfig
 from models.lm.layers import Attention, Embedding, RMSNorm, SiluGating
 from models.lm.mamba2 import Mamba2Mixer, MambaState
 from models.state import StreamState
+from models.vision.cross_attention import GatedCrossAttention, SharedCrossAttention, VisionState
 
 
-class AttentionBlock(nn.Module):
-    def __init__(self, cfg: LMConfig):
+class _Block(nn.Module):
+    """mixer (attention or Mamba2) -> optional gated cross-attention to the image -> SiLU-gated MLP."""
+
+    def __init__(self, cfg: LMConfig, shared_xa: SharedCrossAttention | None):
         super().__init__()
         self.cfg = cfg
         self.norm1 = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.self_attn = Attention(cfg.dim, cfg.num_heads, cfg.kv_heads)
+        if shared_xa is not None:
+            self.cross_attention = GatedCrossAttention(shared_xa, cfg.dim)
+            self.norm_cross = RMSNorm(cfg.dim, cfg.norm_eps)
+        else:
+            self.cross_attention = None
         self.norm2 = RMSNorm(cfg.dim, cfg.norm_eps)
         self.gating = SiluGating(cfg.dim, cfg.dim_feedforward)
 
-    def init_state(self, batch: int, device, dtype) -> KVCacheState:
-        return self.self_attn.init_cache(batch, self.cfg.context, device, dtype)
+    def mix(self, x: torch.Tensor, state) -> torch.Tensor:
+        raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, state: KVCacheState) -> torch.Tensor:
-        x = x + self.self_attn(self.norm1(x), state, self.cfg.context, self.cfg.max_period)
+    def forward(self, x: torch.Tensor, state, vision: VisionState | None = None,
+                gates: list | None = None) -> torch.Tensor:
+        x = x + self.mix(self.norm1(x), state)
+        if self.cross_attention is not None and vision is not None:
+            update, gate = self.cross_attention(self.norm_cross(x), vision)
+            x = x + update
+            if gates is not None:
+                gates.append(gate)
         return x + self.gating(self.norm2(x))
 
 
-class MambaBlock(nn.Module):
-    def __init__(self, cfg: LMConfig):
-        super().__init__()
-        self.norm1 = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.mixer = Mamba2Mixer(cfg.dim, cfg.mamba)
-        self.norm2 = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.gating = SiluGating(cfg.dim, cfg.dim_feedforward)
+class AttentionBlock(_Block):
+    def __init__(self, cfg: LMConfig, shared_xa: SharedCrossAttention | None = None):
+        super().__init__(cfg, shared_xa)
+        self.self_attn = Attention(cfg.dim, cfg.num_heads, cfg.kv_heads)
 
-    def init_state(self, batch: int, device, dtype) -> MambaState:
+    def init_state(self, batch: int, device, dtype, chunk: int = 1) -> KVCacheState:
+        return self.self_attn.init_cache(batch, self.cfg.context, device, dtype, chunk)
+
+    def mix(self, x: torch.Tensor, state: KVCacheState) -> torch.Tensor:
+        return self.self_attn(x, state, self.cfg.context, self.cfg.max_period)
+
+
+class MambaBlock(_Block):
+    def __init__(self, cfg: LMConfig, shared_xa: SharedCrossAttention | None = None):
+        super().__init__(cfg, shared_xa)
+        self.mixer = Mamba2Mixer(cfg.dim, cfg.mamba)
+
+    def init_state(self, batch: int, device, dtype, chunk: int = 1) -> MambaState:
         return self.mixer.init_state(batch, device, dtype)
 
-    def forward(self, x: torch.Tensor, state: MambaState) -> torch.Tensor:
-        x = x + self.mixer(self.norm1(x), state)
-        return x + self.gating(self.norm2(x))
+    def mix(self, x: torch.Tensor, state: MambaState) -> torch.Tensor:
+        return self.mixer(x, state)
 
 
 class Backbone(nn.Module):
     def __init__(self, cfg: LMConfig):
         super().__init__()
+        shared = SharedCrossAttention(cfg.dim, cfg.vision.xa_dim, cfg.num_heads) if cfg.vision else None
         self.layers = nn.ModuleList(
-            [AttentionBlock(cfg) if kind == "A" else MambaBlock(cfg) for kind in cfg.layer_kinds])
+            [(AttentionBlock if kind == "A" else MambaBlock)(cfg, shared if cfg.has_cross_attention(i) else None)
+             for i, kind in enumerate(cfg.layer_kinds)])
+
+    @property
+    def shared_xa(self) -> SharedCrossAttention | None:
+        """The one cross-attention projection all vision layers share (registered under each of them)."""
+        for layer in self.layers:
+            if layer.cross_attention is not None:
+                return layer.cross_attention.mha
+        return None
 
 
 class DepformerLayer(nn.Module):
@@ -83,6 +114,7 @@ class Depformer(nn.Module):
 @dataclass
 class BackboneState(StreamState):
     layers: list  # KVCacheState or MambaState per layer
+    vision: VisionState | None = None  # cached image keys/values per slot (vision models only)
 
 
 class LMModel(nn.Module):
@@ -101,6 +133,11 @@ class LMModel(nn.Module):
         self.depformer_text_emb = Embedding(cfg.text_card + 1, dd)
         self.depformer = Depformer(cfg)
         self.linears = nn.ModuleList([nn.Linear(dd, cfg.card, bias=False) for _ in range(cfg.dep_q)])
+        self.image_encoder = None
+        if cfg.vision is not None and cfg.vision.encoder is not None:
+            from models.vision.encoder import ImageEncoder, ImageEncoderConfig
+
+            self.image_encoder = ImageEncoder(ImageEncoderConfig(**cfg.vision.encoder))
         for emb in [*self.emb, self.text_emb, *self.depformer_emb, self.depformer_text_emb]:
             nn.init.normal_(emb.weight, std=emb.weight.shape[1] ** -0.5)
 
@@ -116,8 +153,46 @@ class LMModel(nn.Module):
         """[1 + n_q] ids fed before a stream has started: text_card for text, card for audio."""
         return torch.tensor([self.cfg.text_card] + [self.cfg.card] * self.cfg.n_q, device=self.device)
 
-    def init_state(self, batch: int) -> BackboneState:
-        return BackboneState([layer.init_state(batch, self.device, self.dtype) for layer in self.transformer.layers])
+    def init_state(self, batch: int, chunk: int = 1) -> BackboneState:
+        """`chunk`: the most frames one forward_text call will see (1 for streaming; T for training)."""
+        layers = [layer.init_state(batch, self.device, self.dtype, chunk) for layer in self.transformer.layers]
+        vision = None
+        if self.cfg.vision is not None:
+            heads, dh, n = self.cfg.num_heads, self.cfg.dim // self.cfg.num_heads, self.num_image_tokens
+            z = dict(device=self.device, dtype=self.dtype)
+            vision = VisionState(keys=torch.zeros(batch, heads, n, dh, **z),
+                                 values=torch.zeros(batch, heads, n, dh, **z),
+                                 present=torch.zeros(batch, dtype=torch.bool, device=self.device),
+                                 gate=torch.zeros(batch, dtype=torch.float32, device=self.device))
+        return BackboneState(layers, vision)
+
+    @property
+    def num_image_tokens(self) -> int:
+        enc = self.cfg.vision.encoder if self.cfg.vision else None
+        if enc is None:
+            return 256
+        from models.vision.encoder import ImageEncoderConfig
+
+        return ImageEncoderConfig(**enc).num_tokens
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] in [0, 1] -> image tokens [B, N, xa_dim] (models with our own image encoder)."""
+        if self.image_encoder is None:
+            raise ValueError("this model has no image encoder")
+        return self.image_encoder(images.to(self.device, self.dtype))
+
+    @torch.no_grad()
+    def set_image(self, state: BackboneState, row: int, tokens: torch.Tensor | None) -> None:
+        """Project one image's tokens [N, xa_dim] once into slot `row`'s cache (None removes the image)."""
+        if state.vision is None:
+            raise ValueError("this model has no vision adapter")
+        if tokens is None:
+            state.vision.present[row] = False
+            return
+        keys, values = self.transformer.shared_xa.project_kv(tokens[None].to(self.device, self.dtype))
+        state.vision.keys[row].copy_(keys[0])
+        state.vision.values[row].copy_(values[0])
+        state.vision.present[row] = True
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B, 1 + n_q, T] -> summed embeddings [B, T, dim]."""
@@ -129,8 +204,11 @@ class LMModel(nn.Module):
     def forward_text(self, tokens: torch.Tensor, state: BackboneState) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone step(s): tokens [B, 1 + n_q, T] -> (normed hidden [B, T, dim], text logits [B, T, V])."""
         x = self.embed(tokens)
+        gates: list[torch.Tensor] = []
         for layer, layer_state in zip(self.transformer.layers, state.layers):
-            x = layer(x, layer_state)
+            x = layer(x, layer_state, state.vision, gates)
+        if gates:
+            state.vision.gate.copy_(torch.stack(gates).mean(0).detach())
         x = self.out_norm(x)
         return x, self.text_linear(x)
 
