@@ -63,7 +63,7 @@ def lm_config(text_card: int = TEXT_VOCAB) -> LMConfig:
                     card=256, n_q=2 * k, dep_q=k, delays=[0] + ([0] + [1] * (k - 1)) * 2,
                     depformer_dim=128, depformer_dim_feedforward=int(4.125 * 128), depformer_num_heads=4,
                     depformer_num_layers=2, mamba=MambaConfig(d_state=32, headdim=32, chunk_size=32),
-                    vision=VisionAdapterConfig(xa_dim=128, layers=[2, 5], encoder=dataclasses.asdict(
+                    vision=VisionAdapterConfig(xa_dim=128, layers=[5], encoder=dataclasses.asdict(
                         ImageEncoderConfig(image_size=64, patch=8, dim=128, layers=2, heads=4))))
 
 

@@ -29,6 +29,22 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     lat.add_argument("--model", default="default")
     lat.add_argument("--device", default="auto")
     lat.set_defaults(handler=_latency)
+    q = sub.add_parser("quality", help="answers, WER, response latency, talk-over on held-out spoken questions")
+    q.add_argument("--model", default="default")
+    q.add_argument("--data", default="data/synth/heldout", help="held-out dialogues (synthesized if missing)")
+    q.add_argument("--count", type=int, default=100)
+    q.add_argument("--batch", type=int, default=16)
+    q.add_argument("--no-wer", action="store_true", help="skip the whisper transcription")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--threads", type=int, default=None)
+    q.set_defaults(handler=_quality)
+    v = sub.add_parser("vision", help="added step cost with an image shown, and image-to-token latency")
+    v.add_argument("--model", default="default")
+    v.add_argument("--frames", type=int, default=100)
+    v.add_argument("--trials", type=int, default=6)
+    v.add_argument("--device", default="auto")
+    v.add_argument("--threads", type=int, default=None)
+    v.set_defaults(handler=_vision)
     gpu = sub.add_parser("gpu", help="fused kernels and LM frame steps on a GPU, vs the reference")
     gpu.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     gpu.add_argument("--skip-lm", action="store_true", help="only the Mamba2 kernel comparison")
@@ -51,6 +67,18 @@ def _latency(args) -> int:
     from agent.benchmarks.latency import run_latency_bench
 
     return run_latency_bench(args)
+
+
+def _quality(args) -> int:
+    from agent.benchmarks.quality import run_quality_bench
+
+    return run_quality_bench(args)
+
+
+def _vision(args) -> int:
+    from agent.benchmarks.vision import run_vision_bench
+
+    return run_vision_bench(args)
 
 
 def _gpu(args) -> int:

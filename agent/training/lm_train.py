@@ -1,3 +1,220 @@
-"""placeholder"""
-def add_command(sub):
-    pass
+"""`duplex train lm`: train the default LM (Mamba2/attention hybrid + depformer + vision adapter) on the
+synthesized dialogues, teacher-forced with exactly the token layout `LMGenerator` streams with.
+
+Both tracks are encoded once with the trained codec (cached). Checkpoints `RUN/lm_train.pt` (resumed
+automatically); `--export FOLDER` writes a complete model folder (codec + LM + tokenizer) usable by every command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from agent.training.common import (
+    load_checkpoint,
+    pick_device,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+
+IGNORE = -100
+
+
+def add_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lm", help="train the LM on codec-encoded dialogues (needs a trained codec)")
+    p.add_argument("--data", default="data/synth/train")
+    p.add_argument("--codec", default="runs/codec/codec.safetensors", help="trained codec weights")
+    p.add_argument("--run", default="runs/lm", help="checkpoint folder (resumes if it has one)")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--frames", type=int, default=80, help="frames per training sequence (80 = 6.4 s)")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=200)
+    p.add_argument("--export", help="write the trained model folder here (e.g. agent/weights/default)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(handler=run)
+
+
+class Batcher:
+    """Random batches of fixed-length token grids in the generator's delayed layout."""
+
+    def __init__(self, examples, cfg, silence: torch.Tensor, frames: int, rng: random.Random):
+        self.examples, self.cfg, self.frames, self.rng = examples, cfg, frames, rng
+        self.silence = silence.long()  # [K] codes of digital silence
+        self.delays = torch.tensor(cfg.delays)
+        self.initial = torch.tensor([cfg.text_card] + [cfg.card] * cfg.n_q)
+
+    def grid(self, ex) -> torch.Tensor:
+        """[1 + 2K, frames] undelayed rows: text, agent codebooks, user codebooks (padded with silence)."""
+        K, T = self.cfg.dep_q, self.frames
+        g = torch.empty(1 + 2 * K, T, dtype=torch.long)
+        g[0] = self.cfg.text_padding_id
+        g[1:1 + K] = self.silence[:, None]
+        g[1 + K:] = self.silence[:, None]
+        t = min(T, ex.text.shape[0])
+        g[0, :t] = ex.text[:t]
+        g[1:1 + K, :t] = ex.agent[:K, :t].long()
+        g[1 + K:, :t] = ex.user[:K, :t].long()
+        return g
+
+    def delayed(self, g: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(g)
+        for r, d in enumerate(self.delays.tolist()):
+            out[r, :d] = self.initial[r]
+            out[r, d:] = g[r, :g.shape[1] - d]
+        return out
+
+    def batch(self, n: int):
+        exs = [self.rng.choice(self.examples) for _ in range(n)]
+        G = torch.stack([self.delayed(self.grid(e)) for e in exs])  # [B, R, T]
+        s = torch.arange(self.frames)
+        inputs = torch.where(s[None, None, :] <= self.delays[None, :, None], self.initial[None, :, None], G)
+        K = self.cfg.dep_q
+        targets = G[:, : 1 + K, 1:].clone()  # what step s must produce: column s + 1
+        audio = targets[:, 1:]
+        audio[audio >= self.cfg.card] = IGNORE
+        text = targets[:, 0]
+        text[text >= self.cfg.text_card] = IGNORE
+        images = [e.image for e in exs]
+        return inputs[:, :, :-1], targets, images
+
+
+def lm_loss(model, inputs, targets, images, text_pad_weight: float = 0.5):
+    from models.vision.cross_attention import VisionState
+
+    cfg = model.cfg
+    B, _, T = inputs.shape
+    state = model.init_state(B, chunk=T)
+    if state.vision is not None:
+        present = torch.tensor([im is not None for im in images], device=inputs.device)
+        if present.any():
+            stack = torch.stack([im if im is not None else torch.zeros_like(next(i for i in images if i is not None))
+                                 for im in images]).to(inputs.device).float() / 255
+            tokens = model.encode_image(stack)
+            keys, values = model.transformer.shared_xa.project_kv(tokens)
+            state.vision = VisionState(keys=keys, values=values, present=present, gate=state.vision.gate)
+    hidden, text_logits = model.forward_text(inputs, state)
+    text_t = targets[:, 0]
+    weights = torch.where((text_t == cfg.text_padding_id) | (text_t == cfg.text_end_padding_id),
+                          text_pad_weight, 1.0)
+    ce_text = F.cross_entropy(text_logits.reshape(-1, text_logits.shape[-1]).float(), text_t.reshape(-1),
+                              ignore_index=IGNORE, reduction="none")
+    valid = (text_t.reshape(-1) != IGNORE).float()
+    text_loss = (ce_text * weights.reshape(-1) * valid).sum() / (weights.reshape(-1) * valid).sum().clamp_min(1)
+    # depformer, teacher-forced: sub-step k sees the previous target (text for k = 0)
+    dep_targets = targets.permute(0, 2, 1).reshape(B * T, -1)  # [N, 1 + K]
+    prev = dep_targets[:, :-1].clamp_min(0)
+    logits = model.depformer_parallel(hidden.reshape(B * T, -1), prev)  # [N, K, card]
+    audio_loss = F.cross_entropy(logits.reshape(-1, cfg.card).float(), dep_targets[:, 1:].reshape(-1),
+                                 ignore_index=IGNORE)
+    return text_loss + audio_loss, {"text": float(text_loss.detach()), "audio": float(audio_loss.detach())}
+
+
+def export_bundle(folder: Path, codec_path: Path, lm_path: Path, tokenizer: Path, description: str) -> None:
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(codec_path, folder / "codec.safetensors")
+    shutil.copyfile(lm_path, folder / "lm.safetensors")
+    if tokenizer.resolve() != (folder / "tokenizer.model").resolve():
+        shutil.copyfile(tokenizer, folder / "tokenizer.model")
+    manifest = {"description": description, "trained": True, "codec": "codec.safetensors", "lm": "lm.safetensors",
+                "tokenizer": "tokenizer.model",
+                "sampling": {"temperature": 0.6, "top_k": 50, "text_temperature": 0.3, "text_top_k": 10}}
+    (folder / "duplex.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def run(args) -> int:
+    from agent.default_model import lm_config
+    from agent.registry import EMBEDDED_DIR
+    from agent.training.lm_data import load_or_encode
+    from models.codec import load_codec
+    from models.lm import LMModel, save_lm
+    from models.lm.tokenizer import TextTokenizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    run_dir = Path(args.run)
+    codec_path = Path(args.codec)
+    if not codec_path.is_file():
+        from agent.cli import UserFacingError
+
+        raise UserFacingError(f"codec weights not found: {codec_path} (run `duplex train codec` first)")
+    tok_path = run_dir / "tokenizer.model"
+    if not tok_path.is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(EMBEDDED_DIR / "default" / "tokenizer.model", tok_path)
+    tokenizer = TextTokenizer(tok_path)
+    seed_everything(args.seed)
+    cfg = lm_config()
+    model = LMModel(cfg).to(device).train()
+    codec = load_codec(codec_path, device=device)
+    image_size = model.image_encoder.cfg.image_size if model.image_encoder is not None else 64
+    examples = load_or_encode(Path(args.data), run_dir / "examples.pt", codec_path, codec, tokenizer, image_size)
+    with torch.no_grad():
+        silence = codec.encode(torch.zeros(1, 1, 1920 * 4, device=device))[0, :, -1].cpu()
+    rng = random.Random(args.seed)
+    batcher = Batcher(examples, cfg, silence, args.frames + 1, rng)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    warm = 200
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        p = (step - warm) / max(1, args.steps - warm)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    step = 0
+    ckpt_path = run_dir / "lm_train.pt"
+    ckpt = load_checkpoint(ckpt_path)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        sched.load_state_dict(ckpt["sched"])
+        step = ckpt["step"]
+        set_rng_state(ckpt["rng"])
+        rng.setstate(ckpt["batch_rng"])
+        print(f"resumed from {ckpt_path} at step {step}")
+    n_params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"LM: {n_params:.2f}M params, {len(examples)} dialogues, device {device}")
+
+    def save():
+        save_checkpoint(ckpt_path, model=model.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(),
+                        step=step, rng=rng_state(), batch_rng=rng.getstate())
+        save_lm(model, run_dir / "lm.safetensors")
+
+    t0 = time.time()
+    with tqdm(total=args.steps, initial=step, desc="train lm", unit="step") as bar:
+        while step < args.steps:
+            inputs, targets, images = batcher.batch(args.batch)
+            loss, parts = lm_loss(model, inputs.to(device), targets.to(device), images)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            bar.update()
+            bar.set_postfix(text=f"{parts['text']:.3f}", audio=f"{parts['audio']:.3f}")
+            if step % args.save_every == 0 or step == args.steps:
+                save()
+    print(f"done: step {step}, {time.time() - t0:.0f} s this run")
+    if args.export:
+        export_bundle(Path(args.export), codec_path, run_dir / "lm.safetensors", tok_path,
+                      f"trained by `duplex train` ({step} LM steps) on synthesized dialogues")
+        print(f"exported the model folder to {args.export}")
+    return 0

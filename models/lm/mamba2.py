@@ -79,8 +79,9 @@ class Mamba2Mixer(nn.Module):
         else:
             y, final = mamba2_ref.ssd_chunked_ref(
                 x.view(Bsz, T, H, P).to(ct), dt, A, Bm.view(Bsz, T, G, N).to(ct), Cm.view(Bsz, T, G, N).to(ct),
-                self.D.to(ct), self.cfg.chunk_size, state.ssm)
-            state.ssm.copy_(final)
+                self.D.to(ct), self.cfg.chunk_size,
+                state.ssm.clone() if torch.is_grad_enabled() else state.ssm)  # autograd keeps the initial state
+            state.ssm.copy_(final.detach() if torch.is_grad_enabled() else final)
             y = y.to(x.dtype)
         y = mamba2_ref.gated_rmsnorm_ref(y.reshape(Bsz, T, self.d_inner), z, self.norm.weight, G)
         return self.out_proj(y)

