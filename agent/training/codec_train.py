@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from agent.training.common import (
+    add_loop_args,
     load_checkpoint,
     pick_device,
     rng_state,
@@ -29,16 +30,8 @@ RATE = 24_000
 
 def add_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("codec", help="train the codec (reconstruction + EMA vector quantization)")
-    p.add_argument("--data", default="data/synth/train", help="dialogue shards from `duplex data synth`")
-    p.add_argument("--run", default="runs/codec", help="checkpoint/export folder (resumes if it has one)")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch", type=int, default=8)
+    add_loop_args(p, run="runs/codec", batch=8, lr=1e-3, save_every=250)
     p.add_argument("--segment", type=float, default=0.96, help="seconds per training crop (multiple of 80 ms)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-every", type=int, default=250)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None)
     p.set_defaults(handler=run)
 
 

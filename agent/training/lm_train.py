@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from agent.training.common import (
+    add_loop_args,
     load_checkpoint,
     pick_device,
     rng_state,
@@ -32,18 +33,10 @@ IGNORE = -100
 
 def add_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lm", help="train the LM on codec-encoded dialogues (needs a trained codec)")
-    p.add_argument("--data", default="data/synth/train")
+    add_loop_args(p, run="runs/lm", batch=16, lr=3e-3, save_every=200)
     p.add_argument("--codec", default="runs/codec/codec.safetensors", help="trained codec weights")
-    p.add_argument("--run", default="runs/lm", help="checkpoint folder (resumes if it has one)")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch", type=int, default=16)
     p.add_argument("--frames", type=int, default=80, help="frames per training sequence (80 = 6.4 s)")
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--export", help="write the trained model folder here (e.g. agent/weights/default)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None)
     p.set_defaults(handler=run)
 
 
