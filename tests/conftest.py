@@ -42,3 +42,19 @@ def real_speech_24k(seconds: float = 6.0) -> torch.Tensor:
 @pytest.fixture
 def speech():
     return real_speech_24k
+
+
+def chatty_bundle():
+    """The shipped model's codec and tokenizer with a seeded random LM of the same shape.
+
+    The trained model rightly stays quiet when nobody asks it anything; transport tests need a model that
+    talks regardless, so they check the plumbing, not the model.
+    """
+    from agent.bundle import load_bundle
+    from agent.registry import resolve
+    from models.lm import LMModel
+
+    bundle = load_bundle(resolve("default"), device="cpu")
+    torch.manual_seed(0)
+    bundle.lm = LMModel(bundle.lm.cfg).eval()
+    return bundle

@@ -17,14 +17,14 @@ def test_browser_page_connects_and_exchanges_audio_video_text(tmp_path):
 
     from agent import Agent, AgentConfig
     from agent.audio import write_wav
-    from agent.bundle import load_bundle
-    from agent.registry import resolve
     from agent.serve import build_app
     from streaming.transports.keys import SERVER
 
     t = np.arange(48000 * 4) / 48000
     write_wav(tmp_path / "mic.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 48000)
-    bundle = load_bundle(resolve("default"), device="cpu")
+    from tests.conftest import chatty_bundle
+
+    bundle = chatty_bundle()
 
     async def main():
         app = build_app(Agent(bundle, AgentConfig(max_sessions=2)))

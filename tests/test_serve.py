@@ -14,14 +14,14 @@ pytest.importorskip("aiortc")
 from aiohttp.test_utils import TestServer  # noqa: E402
 
 from agent import Agent, AgentConfig  # noqa: E402
-from agent.bundle import load_bundle  # noqa: E402
-from agent.registry import resolve  # noqa: E402
 from agent.serve import build_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def bundle():
-    return load_bundle(resolve("default"), device="cpu")
+    from tests.conftest import chatty_bundle
+
+    return chatty_bundle()
 
 
 def _tone(seconds: float, rate: int = 24000) -> np.ndarray:

@@ -93,7 +93,7 @@ def test_codec_training_step_reduces_loss_and_updates_codebooks():
         opt.zero_grad()
         (loss + 0.25 * commit).backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
     assert not torch.equal(books, codec.quantizer.rvq_rest.codebooks)
 

@@ -1,0 +1,39 @@
+"""The shipped default model: it loads, is small, and has learned turn-taking (seeded, unseen voice)."""
+
+import random
+import shutil
+
+import numpy as np
+import pytest
+
+from agent.bundle import load_bundle
+from agent.registry import EMBEDDED_DIR, resolve
+
+
+def test_shipped_model_loads_and_is_small():
+    files = resolve("default")
+    assert files.trained
+    assert sum(p.stat().st_size for p in (EMBEDDED_DIR / "default").iterdir()) < 60e6
+    bundle = load_bundle(files, device="cpu")
+    assert bundle.lm.image_encoder is not None and bundle.tokenizer is not None
+
+
+@pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed (scripts/setup.sh installs it)")
+def test_listens_then_answers_a_voice_it_never_heard():
+    from agent.benchmarks.quality import run_dialogues, score
+    from agent.training.synth import make_dialogue
+    from agent.training.tts import HELD_OUT_VOICE, CachedTTS
+
+    tts, rng = CachedTTS(), random.Random(1234)
+    dialogues = []
+    while len(dialogues) < 6:
+        d = make_dialogue(rng, tts, [HELD_OUT_VOICE])
+        if d["kind"] not in ("silence", "interrupted"):
+            d["user"] = (np.clip(d["user"], -1, 1) * 32767).astype(np.int16)
+            dialogues.append(d)
+    results = run_dialogues(load_bundle(resolve("default"), device="cpu"), dialogues, batch=6)
+    sc = score(dialogues, results)
+    assert np.mean(sc["talk_over"]) < 0.1  # quiet while the user speaks
+    assert len(sc["latency_ms"]) >= 4 and np.median(sc["latency_ms"]) < 800  # then answers, promptly
+    for _, (texts, _) in zip(dialogues, results):
+        assert "".join(texts).strip()  # with its inner-monologue text
