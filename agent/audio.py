@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-TARGET_RATE = 24_000
+from models.codec import SAMPLE_RATE
+
+TARGET_RATE = SAMPLE_RATE
 
 
 class AudioError(ValueError):

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from agent.audio import TARGET_RATE
 from agent.errors import InvalidAudioError
 
-TARGET_RATE = 24_000
 MAX_CHANNELS = 8
 _SCALE = {np.dtype("int16"): 32768.0, np.dtype("int32"): 2147483648.0, np.dtype("int8"): 128.0}
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-FRAME = 1920
-RATE = 24_000
+from models.codec import FRAME_SIZE as FRAME
+from models.codec import SAMPLE_RATE as RATE
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

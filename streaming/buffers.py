@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FRAME_SIZE = 1920  # 80 ms at 24 kHz
+from models.codec import FRAME_SIZE  # 80 ms at 24 kHz
 
 
 @dataclass

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-RATE = 24_000
+from models.codec import SAMPLE_RATE as RATE
+
 BLOCK = 480  # 20 ms
 
 

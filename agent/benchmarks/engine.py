@@ -14,9 +14,9 @@ import torch
 from tqdm import tqdm
 
 from agent.benchmarks.timing import device_name
+from models.codec import FRAME_SIZE as FRAME
 from streaming.stats import percentile
 
-FRAME = 1920
 BUDGET_MS = 80.0
 
 

@@ -20,10 +20,10 @@ import time
 import numpy as np
 
 from agent.benchmarks.timing import device_name
+from models.codec import FRAME_SIZE as FRAME
+from models.codec import SAMPLE_RATE as RATE
 from streaming.stats import percentile
 
-FRAME = 1920
-RATE = 24_000
 GOAL_MS = 200.0
 
 

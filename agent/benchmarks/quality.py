@@ -19,9 +19,9 @@ import torch
 from tqdm import tqdm
 
 from agent.benchmarks.timing import device_name
+from models.codec import FRAME_SIZE as FRAME
+from models.codec import SAMPLE_RATE as RATE
 
-FRAME = 1920
-RATE = 24_000
 SPEAKING_RMS = 0.02
 
 

@@ -10,8 +10,7 @@ import numpy as np
 import torch
 
 from agent.benchmarks.timing import device_name, summary
-
-FRAME = 1920
+from models.codec import FRAME_SIZE as FRAME
 
 
 def _step_times(pool, frames: int, rng) -> list[float]:

@@ -25,8 +25,6 @@ from agent.training.common import (
     set_rng_state,
 )
 
-RATE = 24_000
-
 
 def add_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("codec", help="train the codec (reconstruction + EMA vector quantization)")

@@ -10,8 +10,8 @@ import torch
 from tqdm import tqdm
 
 from agent.training.scenes import render
+from models.codec import FRAME_SIZE as FRAME
 
-FRAME = 1920
 PAD, EPAD = 3, 0
 
 

@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 from agent.training.dialogues import sample_qa
 from agent.training.tts import AGENT_VOICE, HELD_OUT_VOICE, TRAIN_USER_VOICES, CachedTTS, Voice
+from models.codec import SAMPLE_RATE as RATE
 
-RATE = 24_000
 SHARD = 250
 
 
