@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import time
 from dataclasses import dataclass
@@ -76,8 +77,6 @@ class DropOldestQueue:
     """A bounded event queue for one consumer: producers never block; overflow drops the oldest item."""
 
     def __init__(self, maxsize: int):
-        import asyncio
-
         self.maxsize = maxsize
         self._items: collections.deque = collections.deque()
         self._ready = asyncio.Event()
@@ -103,8 +102,6 @@ class DropOldestQueue:
         self._ready.set()
 
     async def get(self, timeout: float | None = None):
-        import asyncio
-
         while not self._items:
             self._ready.clear()
             async with asyncio.timeout(timeout):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -63,14 +64,9 @@ class ChatApp(App):
         self.session.on(Stats, self._on_stats)
         self.session.on(Error, lambda ev: log.write(f"[red]{ev.kind}: {ev.message}[/red]"))
         self.run_worker(self._drain(), exclusive=True, group="events")
-        self.audio.start(self._loop_for_audio(), self._on_mic)
+        self.audio.start(asyncio.get_running_loop(), self._on_mic)
         self.set_interval(1 / 15, self._refresh_meters)
         self.sub_title = f"model: {self.agent.bundle.name}"
-
-    def _loop_for_audio(self):
-        import asyncio
-
-        return asyncio.get_running_loop()
 
     async def _drain(self) -> None:
         async for _ in self.session.events():  # callbacks do the work; this keeps the queue empty

@@ -195,9 +195,7 @@ async def _run(args) -> None:
         print(f"RTP loopback one-way: aiortc default jitter buffer {rtp_default:5.1f} ms, "
               f"with `duplex serve`'s prefetch=1 {rtp:5.1f} ms")
         step = agent.engine.step_p99()
-        # server share: the median session latency (input frame complete -> output frame delivered) is what
-        # the WebSocket run measured minus its transport; here take it from a fresh run of the engine stats.
-        server_ms = agent.engine.step_ms and statistics.median(agent.engine.step_ms)
+        server_ms = statistics.median(agent.engine.step_ms)  # the batched steps of the WebSocket run above
         queue_ms = 20.0  # the outbound track releases 20 ms packets; a frame waits at most one packet
         tick_ms = 40.0  # mean wait of a complete input frame for the next 80 ms clock tick
         total = 2 * rtp + tick_ms + server_ms + queue_ms

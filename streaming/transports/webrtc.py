@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 from aiohttp import web
+from aiortc import MediaStreamTrack
 
 from agent.errors import DuplexError, SessionLimitError
 from agent.events import AudioOut, Closed, Error, Stats, TextToken, Transcript
@@ -27,13 +28,7 @@ OUT_RATE = 48_000
 PTIME = 0.02
 
 
-def _media_track_base():
-    from aiortc import MediaStreamTrack
-
-    return MediaStreamTrack
-
-
-class OutboundAudio(_media_track_base()):
+class OutboundAudio(MediaStreamTrack):
     """20 ms s16 mono frames at 48 kHz on a wall clock; silence when empty; at most `max_s` buffered."""
 
     kind = "audio"
