@@ -63,6 +63,14 @@ class ModelBundle:
         return self.tokenizer.piece_text(token)
 
 
+def write_manifest(folder: Path, description: str, trained: bool, tokenizer: str | None,
+                   sampling: dict | None = None) -> None:
+    """Write `duplex.json` (the layout `describe_folder` reads) for codec.safetensors + lm.safetensors."""
+    manifest = {"description": description, "trained": trained, "codec": "codec.safetensors",
+                "lm": "lm.safetensors", "tokenizer": tokenizer, "sampling": sampling or {}}
+    (Path(folder) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
 def describe_folder(folder: str | Path, name: str | None = None) -> ModelFiles:
     """Work out which files in `folder` make up the model (no weights are read)."""
     folder = Path(folder).expanduser()

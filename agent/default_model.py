@@ -7,11 +7,11 @@ a small Mimi-topology codec with 4 codebooks and a 6-layer Mamba2/attention hybr
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
 
+from agent.bundle import write_manifest
 from models.codec import Codec, CodecConfig, save_codec
 from models.codec.quantizer import QuantizerConfig
 from models.codec.seanet import SEANetConfig
@@ -86,10 +86,7 @@ def write_bundle(folder: Path, codec: Codec, lm: LMModel, tokenizer: Path | None
     folder.mkdir(parents=True, exist_ok=True)
     save_codec(codec, folder / "codec.safetensors")
     save_lm(lm, folder / "lm.safetensors")
-    manifest = {"description": description, "trained": trained, "codec": "codec.safetensors",
-                "lm": "lm.safetensors", "tokenizer": tokenizer.name if tokenizer else None,
-                "sampling": sampling or {}}
-    (folder / "duplex.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest(folder, description, trained, tokenizer.name if tokenizer else None, sampling)
 
 
 def init_untrained(folder: Path, seed: int = 0) -> None:

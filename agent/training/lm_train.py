@@ -116,17 +116,15 @@ def lm_loss(model, inputs, targets, images, text_pad_weight: float = 0.5):
 
 
 def export_bundle(folder: Path, codec_path: Path, lm_path: Path, tokenizer: Path, description: str) -> None:
-    import json
+    from agent.bundle import write_manifest
 
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(codec_path, folder / "codec.safetensors")
     shutil.copyfile(lm_path, folder / "lm.safetensors")
     if tokenizer.resolve() != (folder / "tokenizer.model").resolve():
         shutil.copyfile(tokenizer, folder / "tokenizer.model")
-    manifest = {"description": description, "trained": True, "codec": "codec.safetensors", "lm": "lm.safetensors",
-                "tokenizer": "tokenizer.model",
-                "sampling": {"temperature": 0.6, "top_k": 50, "text_temperature": 0.3, "text_top_k": 10}}
-    (folder / "duplex.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest(folder, description, True, "tokenizer.model",
+                   {"temperature": 0.6, "top_k": 50, "text_temperature": 0.3, "text_top_k": 10})
 
 
 def run(args) -> int:
