@@ -7,13 +7,11 @@ what a one-session-per-process server would spend.
 from __future__ import annotations
 
 import statistics
-import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from agent.benchmarks.timing import device_name
+from agent.benchmarks.timing import device_name, time_steps
 from models.codec import FRAME_SIZE as FRAME
 from streaming.stats import percentile
 
@@ -28,16 +26,9 @@ def _time_pool(bundle, n: int, frames: int) -> list[float]:
     for i in range(n):
         pool.add(i)
     rng = np.random.default_rng(0)
-    ms = []
-    for t in tqdm(range(frames + 3), desc=f"{n} sessions", leave=False):
-        batch = (0.1 * rng.standard_normal((n, FRAME))).astype(np.float32)
-        if pool.device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        pool.step(batch)  # ends with a device->host copy, so the time is complete
-        if t >= 3:
-            ms.append((time.perf_counter() - t0) * 1e3)
-    return ms
+    batches = ((0.1 * rng.standard_normal((n, FRAME))).astype(np.float32) for _ in range(frames + 3))
+    # pool.step ends with a device->host copy, so each timed step is complete (and the next starts idle)
+    return time_steps(pool.step, batches, desc=f"{n} sessions")
 
 
 def run_engine_bench(args) -> int:

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from agent.benchmarks.reference import import_reference
-from agent.benchmarks.timing import device_name, summary
+from agent.benchmarks.timing import device_name, summary, time_steps
 
 FRAME_RATE = 12.5
 
@@ -73,14 +73,9 @@ def _step_times(gen, frames: int, desc: str) -> list[float]:
     cfg = gen.cfg
     state = gen.init_state(1)
     codes = torch.randint(0, cfg.card, (1, cfg.user_streams, frames + 3))
-    out = []
     with torch.inference_mode():
-        for t in tqdm(range(frames + 3), desc=desc, leave=False):
-            t0 = time.perf_counter()
-            gen.step(codes[:, :, t], state)
-            if t >= 3:
-                out.append((time.perf_counter() - t0) * 1e3)
-    return out
+        return time_steps(lambda c: gen.step(c, state), (codes[:, :, t] for t in range(frames + 3)),
+                          desc=desc)
 
 
 def _hybrid_vs_attention(frames: int, pattern: str) -> None:

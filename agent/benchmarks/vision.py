@@ -9,19 +9,13 @@ import time
 import numpy as np
 import torch
 
-from agent.benchmarks.timing import device_name, summary
+from agent.benchmarks.timing import device_name, summary, time_steps
 from models.codec import FRAME_SIZE as FRAME
 
 
 def _step_times(pool, frames: int, rng) -> list[float]:
-    ms = []
-    for t in range(frames + 3):
-        x = (0.05 * rng.standard_normal((pool.active, FRAME))).astype(np.float32)
-        t0 = time.perf_counter()
-        pool.step(x)
-        if t >= 3:
-            ms.append((time.perf_counter() - t0) * 1e3)
-    return ms
+    inputs = ((0.05 * rng.standard_normal((pool.active, FRAME))).astype(np.float32) for _ in range(frames + 3))
+    return time_steps(pool.step, inputs)
 
 
 def step_cost(bundle, frames: int) -> tuple[list[float], list[float], float]:
