@@ -24,6 +24,7 @@ class VisionAdapterConfig:
     xa_dim: int = 128  # width of the image tokens
     layers: list[int] | None = None  # backbone layers with cross-attention (None = all)
     encoder: dict | None = None  # our ImageEncoderConfig fields (None: image tokens come from elsewhere)
+    num_tokens: int = 256  # tokens per image when they come from an external encoder (ours defines its own)
 
 
 @dataclass

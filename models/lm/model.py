@@ -169,12 +169,9 @@ class LMModel(nn.Module):
 
     @property
     def num_image_tokens(self) -> int:
-        enc = self.cfg.vision.encoder if self.cfg.vision else None
-        if enc is None:
-            return 256
-        from models.vision.encoder import ImageEncoderConfig
-
-        return ImageEncoderConfig(**enc).num_tokens
+        if self.image_encoder is not None:
+            return self.image_encoder.cfg.num_tokens
+        return self.cfg.vision.num_tokens if self.cfg.vision else 0
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, S, S] in [0, 1] -> image tokens [B, N, xa_dim] (models with our own image encoder)."""
