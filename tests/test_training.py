@@ -114,3 +114,58 @@ def test_synthesis_is_seeded_and_aligned(tmp_path):
         assert d["words"][0][0] > d["user_end"]  # the agent answers after the user's turn
         first = d["words"][0][0]
         assert np.abs(d["agent"][:first]).max() == 0 and np.abs(d["agent"][first:first + 4800]).max() > 300
+
+
+@torch.enable_grad()
+def test_auxiliary_question_and_scene_losses_train_backbone_and_image_encoder():
+    """The CTC question loss reaches the backbone over the question window only, and falls when trained on."""
+    import dataclasses
+
+    from agent.training.aux_heads import AuxHeads
+    from models.lm.config import VisionAdapterConfig
+    from models.vision.encoder import ImageEncoderConfig
+
+    torch.manual_seed(0)
+    enc = dataclasses.asdict(ImageEncoderConfig(image_size=16, patch=8, dim=16, layers=1, heads=2))
+    cfg = dataclasses.replace(LMConfig.tiny("MA"), vision=VisionAdapterConfig(xa_dim=16, encoder=enc))
+    model = LMModel(cfg).train()
+    K, T = cfg.dep_q, 12
+    text = torch.full((T,), cfg.text_padding_id)
+    text[6:8] = torch.tensor([20, 21])  # the answer starts at frame 6
+    img = torch.randint(0, 255, (3, 16, 16), dtype=torch.uint8)
+    scene = {"shape": "square", "colour": "blue", "count": 3}
+    ex = Example(user=torch.randint(0, cfg.card, (K, T)), agent=torch.randint(0, cfg.card, (K, T)), text=text,
+                 image=img, meta={"qa": {"question": "how many squares", "scene": scene}})
+    batcher = Batcher([ex], cfg, torch.zeros(K, dtype=torch.long), T + 1, random.Random(0), _Tok())
+    inputs, targets, images, aux = batcher.batch(2)
+    assert aux.window == [8, 8] and aux.question[0].tolist() == [13, 14, 17]
+    assert aux.scene[0] == (1, 2, 2)
+    heads = AuxHeads(cfg.dim, cfg.text_card, 16)
+    opt = torch.optim.Adam(list(model.parameters()) + list(heads.parameters()), 3e-3)
+    first = None
+    for _ in range(15):
+        loss, parts = lm_loss(model, inputs, targets, images, aux_heads=heads, aux=aux)
+        opt.zero_grad()
+        loss.backward()
+        if first is None:
+            first = parts
+            assert model.emb[cfg.dep_q].weight.grad.abs().sum() > 0  # the question reaches the user track
+            assert heads.scene.weight.grad.abs().sum() > 0
+            assert model.image_encoder.patch_embed.weight.grad.abs().sum() > 0
+        opt.step()
+    assert parts["asr"] < first["asr"] and parts["scene"] < first["scene"]
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("flite") is None,
+                    reason="espeak-ng/flite not installed (scripts/setup.sh installs them)")
+def test_augmentation_varies_only_the_user_voice(tmp_path):
+    from agent.training.synth import load_dialogues, synth_dataset
+
+    synth_dataset(tmp_path / "plain", 6, seed=5)
+    synth_dataset(tmp_path / "aug", 6, seed=5, augment=True)
+    plain, aug = load_dialogues(tmp_path / "plain"), load_dialogues(tmp_path / "aug")
+    assert [d["qa"] for d in plain] == [d["qa"] for d in aug]  # same questions, same order
+    assert all(d["tempo"] == 1.0 for d in plain) and any(d["tempo"] != 1.0 for d in aug)
+    for p, a in zip(plain, aug):
+        if p["qa"] and a["tempo"] != 1.0:  # the question is warped: its turn is longer or shorter
+            assert a["user_end"] != p["user_end"] and [w for _, w in a["words"]] == [w for _, w in p["words"]]

@@ -17,6 +17,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--held-out", action="store_true",
                        help="use the held-out user voice (flite rms) for an evaluation set")
+    synth.add_argument("--voices", choices=["base", "wide"], default="base",
+                       help="training user voices: base (12 espeak/flite voices) or wide (every espeak-ng English "
+                            "accent x speaker variant, speeds and pitches, and the flite voices; default base)")
+    synth.add_argument("--augment", action="store_true",
+                       help="warp each dialogue's user speech in tempo/pitch (0.88-1.14x) and vary the noise floor")
     synth.set_defaults(handler=_synth)
     data.set_defaults(handler=lambda args: data.print_help() or 2)
 
@@ -32,6 +37,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def _synth(args) -> int:
     from agent.training.synth import synth_dataset
 
-    n = synth_dataset(Path(args.out), args.count, args.seed, held_out=args.held_out)
+    n = synth_dataset(Path(args.out), args.count, args.seed, held_out=args.held_out, voices=args.voices,
+                      augment=args.augment)
     print(f"wrote {n} new dialogues to {args.out}")
     return 0

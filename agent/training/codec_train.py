@@ -30,6 +30,11 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("codec", help="train the codec (reconstruction + EMA vector quantization)")
     add_loop_args(p, run="runs/codec", batch=8, lr=1e-3, save_every=250)
     p.add_argument("--segment", type=float, default=0.96, help="seconds per training crop (multiple of 80 ms)")
+    p.add_argument("--init", help="start a new run from these codec weights (e.g. agent/weights/default/"
+                                  "codec.safetensors); ignored when the run has a checkpoint")
+    p.add_argument("--decoder-only", action="store_true",
+                   help="train only the decoder half with the encoder and codebooks frozen: every code stays the "
+                        "same, so an LM trained on them stays valid while the speech gets clearer")
     p.set_defaults(handler=run)
 
 
@@ -54,16 +59,19 @@ class CropSampler:
         return torch.from_numpy(np.clip(out, -1, 1))
 
 
-def codec_forward(codec, vqs, wav: torch.Tensor, update: bool = True):
-    """Training forward of the whole codec on [B, T] audio -> (reconstruction [B, T], commitment loss)."""
+def codec_forward(codec, vqs, wav: torch.Tensor, update: bool = True, frozen_encoder: bool = False):
+    """Training forward of the whole codec on [B, T] audio -> (reconstruction [B, T], commitment loss).
+
+    `frozen_encoder`: the encoder half and the codebooks run without gradients or codebook updates."""
     n_q = codec.num_codebooks
     frames = wav.shape[-1] // codec.frame_size
     state = codec.init_state(wav.shape[0], device=wav.device, chunk=2 * frames + 2)
-    x = codec.encoder(wav[:, None], state.encoder)
-    x = codec.encoder_transformer(x, state.encoder_transformer)
-    x = codec.downsample(x, state.downsample)
-    first, c1 = vqs[0].quantize(x, 1, update)
-    rest, c2 = vqs[1].quantize(x, n_q - 1, update)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen_encoder):
+        x = codec.encoder(wav[:, None], state.encoder)
+        x = codec.encoder_transformer(x, state.encoder_transformer)
+        x = codec.downsample(x, state.downsample)
+        first, c1 = vqs[0].quantize(x, 1, update and not frozen_encoder)
+        rest, c2 = vqs[1].quantize(x, n_q - 1, update and not frozen_encoder)
     y = codec.upsample(first + rest, state.upsample)
     y = codec.decoder_transformer(y, state.decoder_transformer)
     y = codec.decoder(y, state.decoder)
@@ -84,7 +92,8 @@ def run(args) -> int:
     seed_everything(args.seed)
     codec = Codec(codec_config()).to(device).train()
     vqs = [EMACodebooks(codec.quantizer.rvq_first), EMACodebooks(codec.quantizer.rvq_rest)]
-    params = [p for n, p in codec.named_parameters()]
+    decoder_half = ("upsample.", "decoder_transformer.", "decoder.")
+    params = [p for n, p in codec.named_parameters() if not args.decoder_only or n.startswith(decoder_half)]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
     step = 0
@@ -101,6 +110,12 @@ def run(args) -> int:
         set_rng_state(ckpt["rng"])
         data_rng.bit_generator.state = ckpt["data_rng"]
         print(f"resumed from {ckpt_path} at step {step}")
+    elif args.init:
+        from models.codec import load_codec
+
+        codec.load_state_dict(load_codec(args.init).state_dict())
+        vqs = [EMACodebooks(codec.quantizer.rvq_first), EMACodebooks(codec.quantizer.rvq_rest)]
+        print(f"initialized from {args.init}")
     dialogues = load_dialogues(Path(args.data))
     segment = int(round(args.segment / 0.08)) * 1920
     sampler = CropSampler(dialogues, segment, data_rng)
@@ -116,9 +131,9 @@ def run(args) -> int:
     with tqdm(total=args.steps, initial=step, desc="train codec", unit="step") as bar:
         while step < args.steps:
             wav = sampler.batch(args.batch).to(device)
-            recon, commit = codec_forward(codec, vqs, wav)
+            recon, commit = codec_forward(codec, vqs, wav, frozen_encoder=args.decoder_only)
             loss, parts = reconstruction_loss(recon, wav)
-            total = loss + 0.25 * commit
+            total = loss + (0 if args.decoder_only else 0.25 * commit)
             opt.zero_grad(set_to_none=True)
             total.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -37,14 +37,20 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--codec", default="runs/codec/codec.safetensors", help="trained codec weights")
     p.add_argument("--frames", type=int, default=80, help="frames per training sequence (80 = 6.4 s)")
     p.add_argument("--export", help="write the trained model folder here (e.g. agent/weights/default)")
+    p.add_argument("--init", help="start a new run from these LM weights (e.g. agent/weights/default/lm.safetensors) "
+                                  "instead of random ones; ignored when the run has a checkpoint")
+    p.add_argument("--aux-weight", type=float, default=0.5,
+                   help="weight of the training-only auxiliary losses (question CTC on the user track, scene "
+                        "classification); 0 turns them off (default 0.5)")
     p.set_defaults(handler=run)
 
 
 class Batcher:
     """Random batches of fixed-length token grids in the generator's delayed layout."""
 
-    def __init__(self, examples, cfg, silence: torch.Tensor, frames: int, rng: random.Random):
+    def __init__(self, examples, cfg, silence: torch.Tensor, frames: int, rng: random.Random, tokenizer=None):
         self.examples, self.cfg, self.frames, self.rng = examples, cfg, frames, rng
+        self.tokenizer = tokenizer  # given: batches also carry the auxiliary targets (question ids, scene labels)
         self.silence = silence.long()  # [K] codes of digital silence
         self.delays = torch.tensor(cfg.delays)
         self.initial = torch.tensor([cfg.text_card] + [cfg.card] * cfg.n_q)
@@ -81,21 +87,45 @@ class Batcher:
         text = targets[:, 0]
         text[text >= self.cfg.text_card] = IGNORE
         images = [e.image for e in exs]
-        return inputs[:, :, :-1], targets, images
+        if self.tokenizer is None:
+            return inputs[:, :, :-1], targets, images
+        return inputs[:, :, :-1], targets, images, self.aux_targets(exs)
+
+    def aux_targets(self, exs):
+        from agent.training.aux_heads import AuxTargets, scene_labels
+
+        questions, windows, scenes = [], [], []
+        for e in exs:
+            qa = e.meta.get("qa") or {}
+            speech = torch.nonzero((e.text != self.cfg.text_padding_id) & (e.text != self.cfg.text_end_padding_id))
+            if qa.get("question") and speech.numel():
+                # steps 0..first answer frame: by then the whole question has been heard (codebook 0 undelayed)
+                windows.append(min(int(speech[0, 0]) + 2, self.frames - 1))
+                questions.append(torch.tensor(self.tokenizer.encode(qa["question"]), dtype=torch.long))
+            else:
+                windows.append(0)
+                questions.append(torch.zeros(0, dtype=torch.long))
+            scenes.append(scene_labels(qa.get("scene")))
+        return AuxTargets(questions, windows, scenes)
 
 
-def lm_loss(model, inputs, targets, images, text_pad_weight: float = 0.5):
+def lm_loss(model, inputs, targets, images, text_pad_weight: float = 0.5, aux_heads=None, aux=None,
+            aux_weight: float = 0.5):
+    """Text + audio cross-entropy; with `aux_heads` and `aux` also the auxiliary question CTC and scene losses."""
     from models.vision.cross_attention import VisionState
 
     cfg = model.cfg
     B, _, T = inputs.shape
     state = model.init_state(B, chunk=T)
+    scene_loss = None
     if state.vision is not None:
         present = torch.tensor([im is not None for im in images], device=inputs.device)
         if present.any():
             stack = torch.stack([im if im is not None else torch.zeros_like(next(i for i in images if i is not None))
                                  for im in images]).to(inputs.device).float() / 255
             tokens = model.encode_image(stack)
+            if aux_heads is not None and aux is not None:
+                scene_loss = aux_heads.scene_loss(tokens, aux.scene)
             keys, values = model.transformer.shared_xa.project_kv(tokens)
             state.vision = VisionState(keys=keys, values=values, present=present, gate=state.vision.gate)
     hidden, text_logits = model.forward_text(inputs, state)
@@ -112,7 +142,16 @@ def lm_loss(model, inputs, targets, images, text_pad_weight: float = 0.5):
     logits = model.depformer_parallel(hidden.reshape(B * T, -1), prev)  # [N, K, card]
     audio_loss = F.cross_entropy(logits.reshape(-1, cfg.card).float(), dep_targets[:, 1:].reshape(-1),
                                  ignore_index=IGNORE)
-    return text_loss + audio_loss, {"text": float(text_loss.detach()), "audio": float(audio_loss.detach())}
+    loss = text_loss + audio_loss
+    parts = {"text": float(text_loss.detach()), "audio": float(audio_loss.detach())}
+    if aux_heads is not None and aux is not None:
+        asr = aux_heads.question_loss(hidden, aux)
+        loss = loss + aux_weight * asr
+        parts["asr"] = float(asr.detach())
+        if scene_loss is not None:
+            loss = loss + aux_weight * scene_loss
+            parts["scene"] = float(scene_loss.detach())
+    return loss, parts
 
 
 def export_bundle(folder: Path, codec_path: Path, lm_path: Path, tokenizer: Path, description: str) -> None:
@@ -152,14 +191,21 @@ def run(args) -> int:
     seed_everything(args.seed)
     cfg = lm_config()
     model = LMModel(cfg).to(device).train()
+    aux_heads = None
+    if args.aux_weight > 0:
+        from agent.training.aux_heads import AuxHeads
+
+        image_dim = model.image_encoder.cfg.dim if model.image_encoder is not None else None
+        aux_heads = AuxHeads(cfg.dim, cfg.text_card, image_dim).to(device).train()
     codec = load_codec(codec_path, device=device)
     image_size = model.image_encoder.cfg.image_size if model.image_encoder is not None else 64
     examples = load_or_encode(Path(args.data), run_dir / "examples.pt", codec_path, codec, tokenizer, image_size)
     with torch.no_grad():
         silence = codec.encode(torch.zeros(1, 1, 1920 * 4, device=device))[0, :, -1].cpu()
     rng = random.Random(args.seed)
-    batcher = Batcher(examples, cfg, silence, args.frames + 1, rng)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    batcher = Batcher(examples, cfg, silence, args.frames + 1, rng, tokenizer if aux_heads is not None else None)
+    params = list(model.parameters()) + (list(aux_heads.parameters()) if aux_heads is not None else [])
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     warm = 200
 
     def lr_at(step: int) -> float:
@@ -174,33 +220,47 @@ def run(args) -> int:
     ckpt = load_checkpoint(ckpt_path)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
+        if (aux_heads is not None) != ("aux" in ckpt):
+            from agent.cli import UserFacingError
+
+            raise UserFacingError(f"{ckpt_path} was trained with{'out' if 'aux' not in ckpt else ''} auxiliary "
+                                  "losses: resume with the same --aux-weight setting (0 or not), or use a new --run")
+        if aux_heads is not None:
+            aux_heads.load_state_dict(ckpt["aux"])
         opt.load_state_dict(ckpt["opt"])
         sched.load_state_dict(ckpt["sched"])
         step = ckpt["step"]
         set_rng_state(ckpt["rng"])
         rng.setstate(ckpt["batch_rng"])
         print(f"resumed from {ckpt_path} at step {step}")
+    elif args.init:
+        from models.lm import load_lm
+
+        model.load_state_dict(load_lm(args.init, cfg=cfg).state_dict())
+        print(f"initialized from {args.init}")
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"LM: {n_params:.2f}M params, {len(examples)} dialogues, device {device}")
 
     def save():
+        extra = {"aux": aux_heads.state_dict()} if aux_heads is not None else {}
         save_checkpoint(ckpt_path, model=model.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(),
-                        step=step, rng=rng_state(), batch_rng=rng.getstate())
+                        step=step, rng=rng_state(), batch_rng=rng.getstate(), **extra)
         save_lm(model, run_dir / "lm.safetensors")
 
     t0 = time.time()
     with tqdm(total=args.steps, initial=step, desc="train lm", unit="step") as bar:
         while step < args.steps:
-            inputs, targets, images = batcher.batch(args.batch)
-            loss, parts = lm_loss(model, inputs.to(device), targets.to(device), images)
+            inputs, targets, images, *aux = batcher.batch(args.batch)
+            loss, parts = lm_loss(model, inputs.to(device), targets.to(device), images, aux_heads=aux_heads,
+                                  aux=aux[0] if aux else None, aux_weight=args.aux_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
             step += 1
             bar.update()
-            bar.set_postfix(text=f"{parts['text']:.3f}", audio=f"{parts['audio']:.3f}")
+            bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
             if step % args.save_every == 0 or step == args.steps:
                 save()
     print(f"done: step {step}, {time.time() - t0:.0f} s this run")

@@ -7,7 +7,7 @@ are silent throughout (the agent must stay silent) and some have the user interr
 from __future__ import annotations
 
 import random
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from agent.training.dialogues import sample_qa
-from agent.training.tts import AGENT_VOICE, HELD_OUT_VOICE, TRAIN_USER_VOICES, CachedTTS, Voice
+from agent.training.tts import AGENT_VOICE, HELD_OUT_VOICE, TRAIN_USER_VOICES, WIDE_USER_VOICES, CachedTTS, Voice
 from models.codec import SAMPLE_RATE as RATE
 
 SHARD = 250
@@ -25,15 +25,41 @@ def _silence(seconds: float) -> np.ndarray:
     return np.zeros(int(seconds * RATE), np.float32)
 
 
-def make_dialogue(rng: random.Random, tts: CachedTTS, voices: list[Voice], vision: bool = True) -> dict:
+def warp(x: np.ndarray, factor: float) -> np.ndarray:
+    """Play `x` `factor` times faster (tempo and pitch together, like a different vocal tract and pace)."""
+    n = max(1, int(round(x.size / factor)))
+    return np.interp(np.linspace(0, x.size - 1, n), np.arange(x.size), x).astype(np.float32)
+
+
+@dataclass
+class Augment:
+    """Per-dialogue variation of the user's track, drawn from its own RNG so that turning it on or off leaves
+    every other random choice (questions, timing, the held-out set) unchanged."""
+
+    rng: random.Random
+    tempo: tuple[float, float] = (0.88, 1.14)
+    noise: tuple[float, float] = (0.0005, 0.008)
+
+    def draw(self) -> tuple[float, float]:
+        return self.rng.uniform(*self.tempo), self.rng.uniform(*self.noise)
+
+
+def make_dialogue(rng: random.Random, tts: CachedTTS, voices: list[Voice], vision: bool = True,
+                  augment: Augment | None = None) -> dict:
     voice = rng.choice(voices)
+    factor, noise = augment.draw() if augment else (1.0, 0.002)
+
+    def say(text: str) -> np.ndarray:
+        x = tts(text, voice)
+        return warp(x, factor) if factor != 1.0 else x
+
     qa = sample_qa(rng, vision)
     roll = rng.random()
     if roll < 0.05:  # nobody speaks: the agent must stay silent
         n = int(rng.uniform(2.0, 4.0) * RATE)
         return {"user": np.zeros(n, np.float32), "agent": np.zeros(n, np.float32), "words": [], "kind": "silence",
                 "qa": None, "voice": voice.label, "user_end": 0}
-    question = tts(qa.question, voice) * rng.uniform(0.5, 1.0)
+    question = say(qa.question) * rng.uniform(0.5, 1.0)
     lead = _silence(rng.uniform(0.2, 0.8))
     user = [lead, question]
     user_end = lead.size + question.size
@@ -50,7 +76,7 @@ def make_dialogue(rng: random.Random, tts: CachedTTS, voices: list[Voice], visio
     kind = qa.kind
     if roll > 0.85 and len(words) >= 3:  # the user barges in: the agent stops within ~160 ms
         onset = words[rng.randint(1, len(words) - 1)][0] + int(rng.uniform(0.0, 0.2) * RATE)
-        interruption = tts(rng.choice(["stop", "wait", "hold on"]), voice) * rng.uniform(0.6, 1.0)
+        interruption = say(rng.choice(["stop", "wait", "hold on"])) * rng.uniform(0.6, 1.0)
         cut = onset + int(0.16 * RATE)
         fade = min(480, max(0, agent.size - cut))
         agent[cut:cut + fade] *= np.linspace(1, 0, fade, dtype=np.float32)
@@ -63,20 +89,27 @@ def make_dialogue(rng: random.Random, tts: CachedTTS, voices: list[Voice], visio
     total = max(user_t.size, agent.size) + int(rng.uniform(0.4, 1.0) * RATE)
     user_t = np.pad(user_t, (0, total - user_t.size))
     agent = np.pad(agent, (0, total - agent.size))[:total]
-    user_t = user_t + np.random.default_rng(rng.randint(0, 2**31)).normal(0, 0.002, total).astype(np.float32)
+    user_t = user_t + np.random.default_rng(rng.randint(0, 2**31)).normal(0, noise, total).astype(np.float32)
     return {"user": user_t, "agent": agent, "words": words, "kind": kind, "voice": voice.label,
-            "qa": asdict(qa), "user_end": user_end}
+            "qa": asdict(qa), "user_end": user_end, "tempo": factor}
 
 
 def _to_int16(x: np.ndarray) -> np.ndarray:
     return (np.clip(x, -1, 1) * 32767).astype(np.int16)
 
 
-def synth_dataset(out: Path, count: int, seed: int, held_out: bool = False, vision: bool = True) -> int:
-    """Write `count` dialogues as shards of SHARD; skips shards that already exist (resumable)."""
+VOICE_POOLS = {"base": TRAIN_USER_VOICES, "wide": WIDE_USER_VOICES}
+
+
+def synth_dataset(out: Path, count: int, seed: int, held_out: bool = False, vision: bool = True,
+                  voices: str = "base", augment: bool = False) -> int:
+    """Write `count` dialogues as shards of SHARD; skips shards that already exist (resumable).
+
+    `voices` picks the training user-voice pool ("base": the 12 voices of the first shipped model, "wide": 200+);
+    `augment` warps each dialogue's user speech in tempo/pitch and varies its noise floor."""
     out.mkdir(parents=True, exist_ok=True)
     tts = CachedTTS()
-    voices = [HELD_OUT_VOICE] if held_out else TRAIN_USER_VOICES
+    pool = [HELD_OUT_VOICE] if held_out else VOICE_POOLS[voices]
     shards = (count + SHARD - 1) // SHARD
     written = 0
     with tqdm(total=count, desc=f"synth {out.name}", unit="dialogue") as bar:
@@ -87,9 +120,10 @@ def synth_dataset(out: Path, count: int, seed: int, held_out: bool = False, visi
                 bar.update(n)
                 continue
             rng = random.Random(seed * 1_000_003 + s)
+            aug = Augment(random.Random(seed * 7_919 + s)) if augment else None
             items = []
             for _ in range(n):
-                d = make_dialogue(rng, tts, voices, vision)
+                d = make_dialogue(rng, tts, pool, vision, aug)
                 d["user"], d["agent"] = _to_int16(d["user"]), _to_int16(d["agent"])
                 items.append(d)
                 bar.update()

@@ -17,10 +17,12 @@ class Voice:
     engine: str  # "espeak" or "flite"
     name: str
     speed: int = 0  # espeak words per minute (0 = default)
+    pitch: int = 0  # espeak pitch 0-99 (0 = the voice's default)
 
     @property
     def label(self) -> str:
-        return f"{self.engine}:{self.name}" + (f"@{self.speed}" if self.speed else "")
+        return (f"{self.engine}:{self.name}" + (f"@{self.speed}" if self.speed else "")
+                + (f"^{self.pitch}" if self.pitch else ""))
 
 
 # The agent always speaks with one voice; users speak with several, and one flite voice is held out for tests.
@@ -28,6 +30,19 @@ AGENT_VOICE = Voice("flite", "slt")
 TRAIN_USER_VOICES = [Voice("espeak", v, s) for v in ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-us+f3")
                      for s in (140, 175)] + [Voice("flite", "kal"), Voice("flite", "awb")]
 HELD_OUT_VOICE = Voice("flite", "rms")
+
+# The wide pool (`duplex data synth --voices wide`): every espeak-ng English accent with its speaker variants at
+# several speeds and pitches, and every flite voice except the held-out one. Recognising the question in a voice
+# never heard is the model's hardest job; many voices (and per-dialogue tempo/pitch warps) are what teach it.
+_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-gb-x-rp", "en-us-nyc", "en-gb-x-gbclan",
+            "en-gb-x-gbcwmd")
+_VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2",
+             "klatt3", "adam", "david", "paul", "robert", "steph", "linda", "john", "max")
+_ESPEAK_WIDE = [Voice("espeak", a + (f"+{v}" if v else ""), (130, 155, 180)[(i + j) % 3], (0, 35, 65)[(i * 7 + j) % 3])
+                for i, a in enumerate(_ACCENTS) for j, v in enumerate(_VARIANTS)]
+_FLITE_WIDE = [Voice("flite", n) for n in ("kal", "kal16", "awb", "slt")]
+# flite's voices are scarce but closest in kind to the held-out one: they get a third of the dialogues
+WIDE_USER_VOICES = _ESPEAK_WIDE + _FLITE_WIDE * (len(_ESPEAK_WIDE) // (2 * len(_FLITE_WIDE)))
 
 
 class TTSError(RuntimeError):
@@ -40,6 +55,7 @@ def synthesize(text: str, voice: Voice) -> np.ndarray:
         out = Path(d) / "x.wav"
         if voice.engine == "espeak":
             cmd = ["espeak-ng", "-v", voice.name, "-w", str(out)] + (["-s", str(voice.speed)] if voice.speed else [])
+            cmd += ["-p", str(voice.pitch)] if voice.pitch else []
             cmd.append(text)
         elif voice.engine == "flite":
             cmd = ["flite", "-voice", voice.name, "-t", text, "-o", str(out)]

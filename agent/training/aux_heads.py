@@ -1,0 +1,67 @@
+"""Training-only auxiliary heads: dense supervision for what the answer loss teaches only sparsely.
+
+The answer text gives the backbone a handful of useful targets per dialogue, and only after the question. Two
+extra losses make the hard parts learnable in a CPU budget; neither head is exported or used at inference:
+
+- `question` (CTC): the backbone's hidden state during the user's turn must spell the user's question (streaming
+  ASR on the user track, alignment-free, so full-sentence TTS needs no word timings);
+- `scene`: the image encoder's pooled tokens must classify the scene's shape, colour and object count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agent.training.dialogues import COLOURS, SHAPES
+
+MAX_COUNT = 4
+
+
+@dataclass
+class AuxTargets:
+    """Per batch row: the question's token ids and how many steps its CTC window spans (0 = no question), and
+    the scene labels (shape, colour, count - 1) or None."""
+
+    question: list[torch.Tensor]
+    window: list[int]
+    scene: list[tuple[int, int, int] | None]
+
+
+def scene_labels(scene: dict | None) -> tuple[int, int, int] | None:
+    if not scene:
+        return None
+    return SHAPES.index(scene["shape"]), COLOURS.index(scene["colour"]), scene["count"] - 1
+
+
+class AuxHeads(nn.Module):
+    def __init__(self, dim: int, text_card: int, image_dim: int | None):
+        super().__init__()
+        self.blank = text_card
+        self.question = nn.Linear(dim, text_card + 1)
+        self.scene = nn.Linear(image_dim, len(SHAPES) + len(COLOURS) + MAX_COUNT) if image_dim else None
+
+    def question_loss(self, hidden: torch.Tensor, aux: AuxTargets) -> torch.Tensor:
+        """CTC of the question over the first `window` steps of each row's hidden states [B, T, dim]."""
+        rows = [i for i, (q, w) in enumerate(zip(aux.question, aux.window)) if w > 0 and q.numel()]
+        if not rows:
+            return hidden.sum() * 0
+        T = max(aux.window[i] for i in rows)
+        logp = F.log_softmax(self.question(hidden[rows, :T]).float(), -1).transpose(0, 1)  # [T, B, C]
+        targets = torch.cat([aux.question[i] for i in rows]).to(hidden.device)
+        return F.ctc_loss(logp, targets, [aux.window[i] for i in rows], [aux.question[i].numel() for i in rows],
+                          blank=self.blank, zero_infinity=True)
+
+    def scene_loss(self, tokens: torch.Tensor, labels: list[tuple[int, int, int] | None]) -> torch.Tensor:
+        """Shape / colour / count classification from the image tokens [B, N, D] of the rows with a scene."""
+        rows = [i for i, lab in enumerate(labels) if lab is not None]
+        if self.scene is None or not rows:
+            return tokens.sum() * 0
+        logits = self.scene(tokens[rows].mean(1)).float()
+        y = torch.tensor([labels[i] for i in rows], device=tokens.device)
+        s, c = len(SHAPES), len(COLOURS)
+        return (F.cross_entropy(logits[:, :s], y[:, 0]) + F.cross_entropy(logits[:, s:s + c], y[:, 1])
+                + F.cross_entropy(logits[:, s + c:], y[:, 2])) / 3
