@@ -31,7 +31,7 @@ def test_teacher_forced_training_logits_equal_streaming_generation():
     ex = Example(user=torch.randint(0, cfg.card, (K, T)), agent=torch.randint(0, cfg.card, (K, T)),
                  text=torch.randint(0, cfg.text_card, (T,)), image=None, meta={})
     batcher = Batcher([ex], cfg, torch.zeros(K, dtype=torch.long), T + 1, random.Random(0))
-    inputs, targets, _ = batcher.batch(1)
+    inputs, targets, _, _ = batcher.batch(1)
     with torch.no_grad():
         state = model.init_state(1, chunk=T)
         _, train_logits = model.forward_text(inputs, state)
@@ -62,7 +62,7 @@ def test_lm_loss_backpropagates_through_backbone_depformer_and_vision():
     exs = [Example(user=torch.randint(0, cfg.card, (K, T)), agent=torch.randint(0, cfg.card, (K, T)),
                    text=torch.full((T,), 5), image=im, meta={}) for im in (img, None)]
     batcher = Batcher(exs, cfg, torch.zeros(K, dtype=torch.long), T + 1, random.Random(0))
-    inputs, targets, images = batcher.batch(4)
+    inputs, targets, images, _ = batcher.batch(4)
     loss, parts = lm_loss(model, inputs, targets, images)
     loss.backward()
     assert parts["text"] > 0 and parts["audio"] > 0
@@ -169,3 +169,38 @@ def test_augmentation_varies_only_the_user_voice(tmp_path):
     for p, a in zip(plain, aug):
         if p["qa"] and a["tempo"] != 1.0:  # the question is warped: its turn is longer or shorter
             assert a["user_end"] != p["user_end"] and [w for _, w in a["words"]] == [w for _, w in p["words"]]
+
+
+@torch.enable_grad()
+def test_decoder_only_codec_training_keeps_every_code():
+    """`duplex train codec --decoder-only` changes the decoder, never the codes (nor the encoded-data cache key)."""
+    from agent.training.codec_train import codec_forward
+    from agent.training.lm_data import encoder_fingerprint
+    from agent.training.losses import reconstruction_loss
+    from agent.training.vq import EMACodebooks
+    from models.codec import Codec, CodecConfig
+
+    torch.manual_seed(0)
+    codec = Codec(CodecConfig.tiny(4)).train()
+    vqs = [EMACodebooks(codec.quantizer.rvq_first), EMACodebooks(codec.quantizer.rvq_rest)]
+    wav = torch.randn(2, 1920 * 4) * 0.1
+    with torch.no_grad():
+        codes = codec.encode(wav[:, None])
+    key = encoder_fingerprint(codec)
+    decoder = [p for n, p in codec.named_parameters() if n.startswith(("upsample.", "decoder_transformer.",
+                                                                         "decoder."))]
+    before = [p.detach().clone() for p in decoder]
+    opt = torch.optim.Adam(decoder, 1e-2)
+    for _ in range(3):
+        recon, _ = codec_forward(codec, vqs, wav, frozen_encoder=True)
+        opt.zero_grad()
+        reconstruction_loss(recon, wav)[0].backward()
+        opt.step()
+    assert all(p.grad is None for n, p in codec.named_parameters() if n.startswith("encoder."))
+    assert any(not torch.equal(a, b) for a, b in zip(before, decoder))
+    with torch.no_grad():
+        assert torch.equal(codec.encode(wav[:, None]), codes)
+    assert encoder_fingerprint(codec) == key
+    with torch.no_grad():
+        next(codec.encoder.parameters()).add_(1.0)
+    assert encoder_fingerprint(codec) != key

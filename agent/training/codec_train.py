@@ -32,6 +32,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--segment", type=float, default=0.96, help="seconds per training crop (multiple of 80 ms)")
     p.add_argument("--init", help="start a new run from these codec weights (e.g. agent/weights/default/"
                                   "codec.safetensors); ignored when the run has a checkpoint")
+    p.add_argument("--tracks", choices=["both", "agent"], default="both",
+                   help="train on both speakers' tracks, or only the agent's (its decoder only ever speaks the "
+                        "agent's voice; default both)")
     p.add_argument("--decoder-only", action="store_true",
                    help="train only the decoder half with the encoder and codebooks frozen: every code stays the "
                         "same, so an LM trained on them stays valid while the speech gets clearer")
@@ -41,8 +44,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
 class CropSampler:
     """Random crops of speech (mostly non-silent) from every user and agent track."""
 
-    def __init__(self, dialogues: list[dict], segment: int, rng: np.random.Generator):
-        self.tracks = [d[k].astype(np.float32) / 32767 for d in dialogues for k in ("user", "agent")
+    def __init__(self, dialogues: list[dict], segment: int, rng: np.random.Generator,
+                 tracks: tuple[str, ...] = ("user", "agent")):
+        self.tracks = [d[k].astype(np.float32) / 32767 for d in dialogues for k in tracks
                        if np.abs(d[k]).max() > 300 and d[k].size > segment]
         self.segment, self.rng = segment, rng
 
@@ -118,7 +122,7 @@ def run(args) -> int:
         print(f"initialized from {args.init}")
     dialogues = load_dialogues(Path(args.data))
     segment = int(round(args.segment / 0.08)) * 1920
-    sampler = CropSampler(dialogues, segment, data_rng)
+    sampler = CropSampler(dialogues, segment, data_rng, ("user", "agent") if args.tracks == "both" else ("agent",))
     print(f"codec: {sum(p.numel() for p in params) / 1e6:.2f}M params, {len(sampler.tracks)} tracks, device {device}")
     t0 = time.time()
 

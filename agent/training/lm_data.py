@@ -71,11 +71,24 @@ def encode_dialogues(dialogues: list[dict], codec, tokenizer, image_size: int, b
     return examples
 
 
-def load_or_encode(data: Path, cache: Path, codec_path: Path, codec, tokenizer, image_size: int) -> list[Example]:
-    """Encoded examples are cached next to the run, keyed by the codec file they were made with."""
+def encoder_fingerprint(codec) -> str:
+    """Hash of the weights that decide the codes (encoder half + codebooks): a decoder-only fine-tune of the codec
+    keeps it, so cached examples stay valid."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for name, t in sorted(codec.state_dict().items()):
+        if name.startswith(("encoder.", "encoder_transformer.", "downsample.", "quantizer.")):
+            h.update(name.encode())
+            h.update(t.detach().cpu().float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_or_encode(data: Path, cache: Path, codec, tokenizer, image_size: int) -> list[Example]:
+    """Encoded examples are cached next to the run, keyed by the data folder and the codec's encoder half."""
     from agent.training.synth import load_dialogues
 
-    key = f"{codec_path.stat().st_mtime_ns}:{codec_path.stat().st_size}:{data.resolve()}"
+    key = f"{encoder_fingerprint(codec)}:{data.resolve()}"
     if cache.is_file():
         blob = torch.load(cache, weights_only=False)
         if blob.get("key") == key:

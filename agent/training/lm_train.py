@@ -87,9 +87,8 @@ class Batcher:
         text = targets[:, 0]
         text[text >= self.cfg.text_card] = IGNORE
         images = [e.image for e in exs]
-        if self.tokenizer is None:
-            return inputs[:, :, :-1], targets, images
-        return inputs[:, :, :-1], targets, images, self.aux_targets(exs)
+        aux = self.aux_targets(exs) if self.tokenizer is not None else None
+        return inputs[:, :, :-1], targets, images, aux
 
     def aux_targets(self, exs):
         from agent.training.aux_heads import AuxTargets, scene_labels
@@ -199,7 +198,7 @@ def run(args) -> int:
         aux_heads = AuxHeads(cfg.dim, cfg.text_card, image_dim).to(device).train()
     codec = load_codec(codec_path, device=device)
     image_size = model.image_encoder.cfg.image_size if model.image_encoder is not None else 64
-    examples = load_or_encode(Path(args.data), run_dir / "examples.pt", codec_path, codec, tokenizer, image_size)
+    examples = load_or_encode(Path(args.data), run_dir / "examples.pt", codec, tokenizer, image_size)
     with torch.no_grad():
         silence = codec.encode(torch.zeros(1, 1, 1920 * 4, device=device))[0, :, -1].cpu()
     rng = random.Random(args.seed)
@@ -250,9 +249,9 @@ def run(args) -> int:
     t0 = time.time()
     with tqdm(total=args.steps, initial=step, desc="train lm", unit="step") as bar:
         while step < args.steps:
-            inputs, targets, images, *aux = batcher.batch(args.batch)
+            inputs, targets, images, aux = batcher.batch(args.batch)
             loss, parts = lm_loss(model, inputs.to(device), targets.to(device), images, aux_heads=aux_heads,
-                                  aux=aux[0] if aux else None, aux_weight=args.aux_weight)
+                                  aux=aux, aux_weight=args.aux_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
