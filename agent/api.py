@@ -24,7 +24,7 @@ class Agent:
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         gen = LMGenerator(bundle.lm, bundle.sampling)
-        self.pool = SlotPool(bundle.codec, gen, self.config.max_sessions)
+        self.pool = SlotPool(bundle.codec, gen, self.config.max_sessions, bundle.files.input_noise_floor)
         self.engine = Engine(self.pool, realtime=self.config.realtime)
         self._sessions: set[Session] = set()
         self._started = False

@@ -36,6 +36,9 @@ class ModelFiles:
     trained: bool = True
     sampling: dict = field(default_factory=dict)
     lm_config: LMConfig | None = None
+    # RMS of the noise floor the model heard in training; the engine adds it to the user's audio, because a model
+    # that never heard digital silence (exact zeros, e.g. from a file or a muted track) mishears around it
+    input_noise_floor: float = 0.0
 
     def missing(self) -> list[Path]:
         paths = [self.codec, self.lm] + ([self.tokenizer] if self.tokenizer else [])
@@ -64,10 +67,12 @@ class ModelBundle:
 
 
 def write_manifest(folder: Path, description: str, trained: bool, tokenizer: str | None,
-                   sampling: dict | None = None) -> None:
+                   sampling: dict | None = None, input_noise_floor: float = 0.0) -> None:
     """Write `duplex.json` (the layout `describe_folder` reads) for codec.safetensors + lm.safetensors."""
     manifest = {"description": description, "trained": trained, "codec": "codec.safetensors",
                 "lm": "lm.safetensors", "tokenizer": tokenizer, "sampling": sampling or {}}
+    if input_noise_floor:
+        manifest["input_noise_floor"] = input_noise_floor
     (Path(folder) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
@@ -90,7 +95,8 @@ def describe_folder(folder: str | Path, name: str | None = None) -> ModelFiles:
                           lm=folder / meta.get("lm", "lm.safetensors"),
                           tokenizer=folder / meta["tokenizer"] if meta.get("tokenizer") else None,
                           description=meta.get("description", ""), trained=bool(meta.get("trained", True)),
-                          sampling=meta.get("sampling", {}))
+                          sampling=meta.get("sampling", {}),
+                          input_noise_floor=float(meta.get("input_noise_floor", 0.0)))
     return _describe_kyutai(folder, name)
 
 

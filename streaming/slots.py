@@ -29,11 +29,14 @@ class FrameResult:
 
 
 class SlotPool:
-    def __init__(self, codec: Codec, generator: LMGenerator, capacity: int):
+    def __init__(self, codec: Codec, generator: LMGenerator, capacity: int, noise_floor: float = 0.0):
+        """`noise_floor`: RMS of seeded Gaussian noise added to every input frame (the model's training floor)."""
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self.codec, self.gen, self.capacity = codec, generator, capacity
         self.device = generator.model.device
+        self.noise_floor = noise_floor
+        self._noise = torch.Generator().manual_seed(0)
         with torch.inference_mode():
             self.codec_state = codec.init_state(capacity, device=self.device, chunk=1)
             self.gen_state = generator.init_state(capacity)
@@ -78,7 +81,10 @@ class SlotPool:
             raise ValueError(f"expected frames of shape {(n, self.frame_size)}, got {frames.shape}")
         codec_state = narrow_state(self.codec_state, n)
         gen_state = narrow_state(self.gen_state, n)
-        wav = torch.from_numpy(frames).to(self.device, self.codec.downsample.weight.dtype)[:, None]
+        x = torch.from_numpy(frames)
+        if self.noise_floor > 0:
+            x = x + self.noise_floor * torch.randn(x.shape, generator=self._noise)
+        wav = x.to(self.device, self.codec.downsample.weight.dtype)[:, None]
         user_codes = self.codec.encode_step(wav, codec_state)  # [n, K, 1]
         out = self.gen.step(user_codes[..., 0], gen_state)
         # Rows inside the model delay hold placeholder ids (< 0): decode code 0 there, then discard it below.

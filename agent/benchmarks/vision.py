@@ -24,7 +24,8 @@ def step_cost(bundle, frames: int) -> tuple[list[float], list[float], float]:
     from models.lm import LMGenerator
     from streaming.slots import SlotPool
 
-    pool = SlotPool(bundle.codec, LMGenerator(bundle.lm, bundle.sampling), 1)
+    pool = SlotPool(bundle.codec, LMGenerator(bundle.lm, bundle.sampling), 1,
+                    bundle.files.input_noise_floor)
     pool.add(0)
     size = bundle.lm.image_encoder.cfg.image_size
     img = prepare(render("circle", "red", 3, size=size), size)

@@ -155,6 +155,7 @@ def lm_loss(model, inputs, targets, images, text_pad_weight: float = 0.5, aux_he
 
 def export_bundle(folder: Path, codec_path: Path, lm_path: Path, tokenizer: Path, description: str) -> None:
     from agent.bundle import write_manifest
+    from agent.training.synth import NOISE_FLOOR
 
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(codec_path, folder / "codec.safetensors")
@@ -162,7 +163,8 @@ def export_bundle(folder: Path, codec_path: Path, lm_path: Path, tokenizer: Path
     if tokenizer.resolve() != (folder / "tokenizer.model").resolve():
         shutil.copyfile(tokenizer, folder / "tokenizer.model")
     write_manifest(folder, description, True, "tokenizer.model",
-                   {"temperature": 0.6, "top_k": 50, "text_temperature": 0.3, "text_top_k": 10})
+                   {"temperature": 0.6, "top_k": 50, "text_temperature": 0.3, "text_top_k": 10},
+                   input_noise_floor=NOISE_FLOOR)
 
 
 def run(args) -> int:

@@ -19,6 +19,7 @@ from agent.training.tts import AGENT_VOICE, HELD_OUT_VOICE, TRAIN_USER_VOICES, W
 from models.codec import SAMPLE_RATE as RATE
 
 SHARD = 250
+NOISE_FLOOR = 0.002  # RMS of the user track's background noise (--augment draws it per dialogue instead)
 
 
 def _silence(seconds: float) -> np.ndarray:
@@ -47,7 +48,7 @@ class Augment:
 def make_dialogue(rng: random.Random, tts: CachedTTS, voices: list[Voice], vision: bool = True,
                   augment: Augment | None = None) -> dict:
     voice = rng.choice(voices)
-    factor, noise = augment.draw() if augment else (1.0, 0.002)
+    factor, noise = augment.draw() if augment else (1.0, NOISE_FLOOR)
 
     def say(text: str) -> np.ndarray:
         x = tts(text, voice)
