@@ -36,7 +36,7 @@ class SlotPool:
         self.codec, self.gen, self.capacity = codec, generator, capacity
         self.device = generator.model.device
         self.noise_floor = noise_floor
-        self._noise = torch.Generator().manual_seed(0)
+        self._noise = torch.Generator()
         with torch.inference_mode():
             self.codec_state = codec.init_state(capacity, device=self.device, chunk=1)
             self.gen_state = generator.init_state(capacity)
@@ -73,6 +73,13 @@ class SlotPool:
             copy_slot(self.gen_state, last, row)
         return last
 
+    def _floor_noise(self, gen_state, samples: int) -> torch.Tensor:
+        """Noise drawn from each session's own seed and frame index, so a session hears the same floor whichever
+        other sessions share its batch (batched == alone)."""
+        keys = zip(gen_state.seeds.tolist(), gen_state.offsets.tolist())
+        return torch.stack([torch.randn(samples, generator=self._noise.manual_seed((seed * 1_000_003 + t) % 2**62))
+                            for seed, t in keys])
+
     @torch.inference_mode()
     def step(self, frames: np.ndarray) -> FrameResult:
         """frames [n, frame_size] float32 for the n active rows -> the model's frame for each."""
@@ -83,7 +90,7 @@ class SlotPool:
         gen_state = narrow_state(self.gen_state, n)
         x = torch.from_numpy(frames)
         if self.noise_floor > 0:
-            x = x + self.noise_floor * torch.randn(x.shape, generator=self._noise)
+            x = x + self.noise_floor * self._floor_noise(gen_state, x.shape[-1])
         wav = x.to(self.device, self.codec.downsample.weight.dtype)[:, None]
         user_codes = self.codec.encode_step(wav, codec_state)  # [n, K, 1]
         out = self.gen.step(user_codes[..., 0], gen_state)

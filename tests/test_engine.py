@@ -202,3 +202,24 @@ def test_on_callbacks_sync_and_async(bundle):
     seen, seen_async, kinds = asyncio.run(main())
     assert seen == list(range(seen[0], 14)) and sorted(seen_async) == seen
     assert "Error" in kinds and kinds.count("AudioOut") == len(seen)
+
+
+def test_input_noise_floor_is_per_session_so_batched_still_equals_alone(bundle):
+    """The model's training noise floor is added per session (its seed and frame), never shared across rows."""
+    frames, floor = 6, 0.002
+    silence = np.zeros(frames * FRAME, np.float32)  # digital silence: exactly what the floor is for
+
+    def codes(pool, rows):
+        return [pool.step(np.zeros((len(rows), FRAME), np.float32)).user_codes.tolist() for _ in range(frames)]
+
+    gen = LMGenerator(bundle.lm, bundle.sampling)
+    alone = SlotPool(bundle.codec, gen, 1, noise_floor=floor)
+    alone.add(7)
+    solo = [c[0] for c in codes(alone, [0])]
+    pair = SlotPool(bundle.codec, gen, 2, noise_floor=floor)
+    pair.add(3)
+    pair.add(7)
+    assert [c[1] for c in codes(pair, [0, 1])] == solo
+    plain = SlotPool(bundle.codec, gen, 1)
+    plain.add(7)
+    assert [plain.step(silence[None, :FRAME]).user_codes[0].tolist() for _ in range(frames)] != solo
