@@ -93,12 +93,14 @@ def test_slow_consumer_never_blocks_other_sessions(bundle):
                         except TimeoutError:
                             break
                         got += isinstance(ev, AudioOut)
-                return got, slow.dropped_events, fast.dropped_events, slow.frames_out
+                return got, slow.dropped_events, fast.dropped_events, slow.frames_out, fast.frames_out
 
-    got, slow_dropped, fast_dropped, slow_frames = asyncio.run(main())
-    assert slow_frames >= 30  # the engine kept stepping the slow session too
+    got, slow_dropped, fast_dropped, slow_frames, fast_frames = asyncio.run(main())
+    # the engine kept stepping the slow session exactly like the fast one (how many frames of the 40 sent are
+    # done by the end depends on the machine's speed, not on the consumers)
+    assert fast_frames >= 20 and slow_frames >= fast_frames - 1
     assert slow_dropped > 0  # ... and its bounded queue shed the oldest audio instead of growing
-    assert fast_dropped == 0 and got >= 25  # the reading session got its audio in time
+    assert fast_dropped == 0 and got >= fast_frames - 3  # the reading session got its audio in time
 
 
 def test_closing_frees_the_slot_and_limit_is_enforced(bundle):
