@@ -46,8 +46,8 @@ def test_teacher_forced_training_logits_equal_streaming_generation():
             gstate.tokens[0, 1:1 + K, col] = targets[0, 1:, s].clamp_min(0)
 
 
-@torch.enable_grad()  # conftest runs tests under no_grad
-def test_lm_loss_backpropagates_through_backbone_depformer_and_vision():
+def _tiny_vision_lm() -> LMModel:
+    """A seeded tiny hybrid LM with a 16 x 16 image encoder and one cross-attention adapter, in training mode."""
     import dataclasses
 
     from models.lm.config import VisionAdapterConfig
@@ -56,7 +56,13 @@ def test_lm_loss_backpropagates_through_backbone_depformer_and_vision():
     torch.manual_seed(0)
     enc = dataclasses.asdict(ImageEncoderConfig(image_size=16, patch=8, dim=16, layers=1, heads=2))
     cfg = dataclasses.replace(LMConfig.tiny("MA"), vision=VisionAdapterConfig(xa_dim=16, encoder=enc))
-    model = LMModel(cfg).train()
+    return LMModel(cfg).train()
+
+
+@torch.enable_grad()  # conftest runs tests under no_grad
+def test_lm_loss_backpropagates_through_backbone_depformer_and_vision():
+    model = _tiny_vision_lm()
+    cfg = model.cfg
     K, T = cfg.dep_q, 10
     img = torch.randint(0, 255, (3, 16, 16), dtype=torch.uint8)
     exs = [Example(user=torch.randint(0, cfg.card, (K, T)), agent=torch.randint(0, cfg.card, (K, T)),
@@ -119,16 +125,10 @@ def test_synthesis_is_seeded_and_aligned(tmp_path):
 @torch.enable_grad()
 def test_auxiliary_question_and_scene_losses_train_backbone_and_image_encoder():
     """The CTC question loss reaches the backbone over the question window only, and falls when trained on."""
-    import dataclasses
-
     from agent.training.aux_heads import AuxHeads
-    from models.lm.config import VisionAdapterConfig
-    from models.vision.encoder import ImageEncoderConfig
 
-    torch.manual_seed(0)
-    enc = dataclasses.asdict(ImageEncoderConfig(image_size=16, patch=8, dim=16, layers=1, heads=2))
-    cfg = dataclasses.replace(LMConfig.tiny("MA"), vision=VisionAdapterConfig(xa_dim=16, encoder=enc))
-    model = LMModel(cfg).train()
+    model = _tiny_vision_lm()
+    cfg = model.cfg
     K, T = cfg.dep_q, 12
     text = torch.full((T,), cfg.text_padding_id)
     text[6:8] = torch.tensor([20, 21])  # the answer starts at frame 6
