@@ -11,6 +11,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from models.codec import SAMPLE_RATE
+
 
 @dataclass(frozen=True)
 class Event:
@@ -22,7 +24,7 @@ class AudioOut(Event):
     droppable: ClassVar[bool] = True
     pcm: np.ndarray  # float32 mono, 1920 samples (80 ms at 24 kHz)
     frame: int
-    sample_rate: int = 24_000
+    sample_rate: int = SAMPLE_RATE
 
     @property
     def time(self) -> float:

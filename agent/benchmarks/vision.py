@@ -11,6 +11,7 @@ import torch
 
 from agent.benchmarks.timing import device_name, summary, time_steps
 from models.codec import FRAME_SIZE as FRAME
+from models.codec import SAMPLE_RATE
 
 
 def _step_times(pool, frames: int, rng) -> list[float]:
@@ -49,7 +50,7 @@ def _question_audio() -> np.ndarray:
 
         return synthesize("what do you see", HELD_OUT_VOICE)
     except Exception:  # noqa: BLE001 - no TTS: measure with silence instead
-        return np.zeros(24_000, np.float32)
+        return np.zeros(SAMPLE_RATE, np.float32)
 
 
 async def image_to_token(bundle, trials: int) -> tuple[list[float], list[float]]:

@@ -8,9 +8,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.codec import SAMPLE_RATE
+
 
 @functools.lru_cache(maxsize=8)
-def mel_filterbank(n_fft: int, n_mels: int, rate: int = 24_000) -> torch.Tensor:
+def mel_filterbank(n_fft: int, n_mels: int, rate: int = SAMPLE_RATE) -> torch.Tensor:
     """[n_mels, n_fft // 2 + 1] triangular HTK-mel filters."""
     def hz_to_mel(f):
         return 2595 * np.log10(1 + f / 700)

@@ -15,6 +15,7 @@ from aiohttp import WSMsgType, web
 
 from agent.errors import DuplexError, SessionLimitError
 from agent.events import AudioOut, Closed, Error, TextToken
+from models.codec import SAMPLE_RATE
 from streaming.transports.keys import SERVER
 
 log = logging.getLogger("duplex.ws")
@@ -39,7 +40,7 @@ async def handle_chat(request: web.Request) -> web.StreamResponse:
         return ws
     import sphn
 
-    reader, writer = sphn.OpusStreamReader(24000), sphn.OpusStreamWriter(24000)
+    reader, writer = sphn.OpusStreamReader(SAMPLE_RATE), sphn.OpusStreamWriter(SAMPLE_RATE)
     await ws.send_bytes(bytes([HANDSHAKE, 0, 0]))
     sender = asyncio.create_task(_send_loop(ws, session, writer))
     try:
@@ -80,7 +81,7 @@ async def _on_message(ws: web.WebSocketResponse, session, reader, data: bytes) -
                 await ws.send_bytes(bytes([ERROR]) + f"bad Ogg/Opus audio: {exc}".encode())
                 return
             if pcm is not None and pcm.size:
-                await session.send_audio(pcm, sample_rate=24000)
+                await session.send_audio(pcm, sample_rate=SAMPLE_RATE)
         elif kind == PING:
             await ws.send_bytes(bytes([PING]))
         elif kind == CONTROL:

@@ -20,6 +20,7 @@ from aiortc import MediaStreamTrack
 
 from agent.errors import DuplexError, SessionLimitError
 from agent.events import AudioOut, Closed, Error, Stats, TextToken, Transcript
+from models.codec import SAMPLE_RATE
 from streaming.transports.keys import SERVER
 
 log = logging.getLogger("duplex.webrtc")
@@ -49,7 +50,7 @@ class OutboundAudio(MediaStreamTrack):
         import av
 
         frame = av.AudioFrame.from_ndarray(pcm24k[None, :].astype(np.float32), format="flt", layout="mono")
-        frame.sample_rate = 24_000
+        frame.sample_rate = SAMPLE_RATE
         out = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
         if out:
             self._buf = np.concatenate([self._buf, *out])
@@ -126,7 +127,7 @@ class PeerSession:
         import av
         from aiortc.mediastreams import MediaStreamError
 
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=24_000)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         while True:
             try:
                 frame = await track.recv()
@@ -135,7 +136,7 @@ class PeerSession:
             self.audio_frames_in += 1
             for f in resampler.resample(frame):
                 try:
-                    await self.session.send_audio(f.to_ndarray().reshape(-1), sample_rate=24_000)
+                    await self.session.send_audio(f.to_ndarray().reshape(-1), sample_rate=SAMPLE_RATE)
                 except DuplexError as exc:
                     self.send_json({"type": "error", "message": str(exc)})
                     if self.session.closed:
