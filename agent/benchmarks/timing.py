@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import statistics
+import time
 
 from streaming.stats import percentile
 
 
 def time_steps(step, inputs, warmup: int = 3, desc: str | None = None) -> list[float]:
     """ms per `step(x)` for each x in `inputs` (made outside the timed region), the first `warmup` untimed."""
-    import time
-
     from tqdm import tqdm
 
     ms = []

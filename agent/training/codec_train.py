@@ -25,6 +25,10 @@ from agent.training.common import (
     set_rng_state,
 )
 
+# The half of the codec that turns codes back into audio: `--decoder-only` trains just these, and everything else
+# (encoder, bottleneck, codebooks) decides the codes (`lm_data.encoder_fingerprint`).
+DECODER_HALF = ("upsample.", "decoder_transformer.", "decoder.")
+
 
 def add_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("codec", help="train the codec (reconstruction + EMA vector quantization)")
@@ -96,8 +100,7 @@ def run(args) -> int:
     seed_everything(args.seed)
     codec = Codec(codec_config()).to(device).train()
     vqs = [EMACodebooks(codec.quantizer.rvq_first), EMACodebooks(codec.quantizer.rvq_rest)]
-    decoder_half = ("upsample.", "decoder_transformer.", "decoder.")
-    params = [p for n, p in codec.named_parameters() if not args.decoder_only or n.startswith(decoder_half)]
+    params = [p for n, p in codec.named_parameters() if not args.decoder_only or n.startswith(DECODER_HALF)]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
     step = 0
@@ -121,7 +124,7 @@ def run(args) -> int:
         vqs = [EMACodebooks(codec.quantizer.rvq_first), EMACodebooks(codec.quantizer.rvq_rest)]
         print(f"initialized from {args.init}")
     dialogues = load_dialogues(Path(args.data))
-    segment = int(round(args.segment / 0.08)) * 1920
+    segment = int(round(args.segment * codec.cfg.frame_rate)) * codec.frame_size
     sampler = CropSampler(dialogues, segment, data_rng, ("user", "agent") if args.tracks == "both" else ("agent",))
     print(f"codec: {sum(p.numel() for p in params) / 1e6:.2f}M params, {len(sampler.tracks)} tracks, device {device}")
     t0 = time.time()

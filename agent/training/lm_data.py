@@ -72,13 +72,15 @@ def encode_dialogues(dialogues: list[dict], codec, tokenizer, image_size: int, b
 
 
 def encoder_fingerprint(codec) -> str:
-    """Hash of the weights that decide the codes (encoder half + codebooks): a decoder-only fine-tune of the codec
+    """Hash of the weights that decide the codes (all but the decoder half): a decoder-only fine-tune of the codec
     keeps it, so cached examples stay valid."""
     import hashlib
 
+    from agent.training.codec_train import DECODER_HALF
+
     h = hashlib.sha1()
     for name, t in sorted(codec.state_dict().items()):
-        if name.startswith(("encoder.", "encoder_transformer.", "downsample.", "quantizer.")):
+        if not name.startswith(DECODER_HALF):
             h.update(name.encode())
             h.update(t.detach().cpu().float().numpy().tobytes())
     return h.hexdigest()

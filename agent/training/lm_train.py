@@ -116,6 +116,7 @@ def lm_loss(model, inputs, targets, images, text_pad_weight: float = 0.5, aux_he
     cfg = model.cfg
     B, _, T = inputs.shape
     state = model.init_state(B, chunk=T)
+    use_aux = aux_heads is not None and aux is not None
     scene_loss = None
     if state.vision is not None:
         present = torch.tensor([im is not None for im in images], device=inputs.device)
@@ -123,7 +124,7 @@ def lm_loss(model, inputs, targets, images, text_pad_weight: float = 0.5, aux_he
             stack = torch.stack([im if im is not None else torch.zeros_like(next(i for i in images if i is not None))
                                  for im in images]).to(inputs.device).float() / 255
             tokens = model.encode_image(stack)
-            if aux_heads is not None and aux is not None:
+            if use_aux:
                 scene_loss = aux_heads.scene_loss(tokens, aux.scene)
             keys, values = model.transformer.shared_xa.project_kv(tokens)
             state.vision = VisionState(keys=keys, values=values, present=present, gate=state.vision.gate)
@@ -143,7 +144,7 @@ def lm_loss(model, inputs, targets, images, text_pad_weight: float = 0.5, aux_he
                                  ignore_index=IGNORE)
     loss = text_loss + audio_loss
     parts = {"text": float(text_loss.detach()), "audio": float(audio_loss.detach())}
-    if aux_heads is not None and aux is not None:
+    if use_aux:
         asr = aux_heads.question_loss(hidden, aux)
         loss = loss + aux_weight * asr
         parts["asr"] = float(asr.detach())
@@ -202,7 +203,7 @@ def run(args) -> int:
     image_size = model.image_encoder.cfg.image_size if model.image_encoder is not None else 64
     examples = load_or_encode(Path(args.data), run_dir / "examples.pt", codec, tokenizer, image_size)
     with torch.no_grad():
-        silence = codec.encode(torch.zeros(1, 1, 1920 * 4, device=device))[0, :, -1].cpu()
+        silence = codec.encode(torch.zeros(1, 1, codec.frame_size * 4, device=device))[0, :, -1].cpu()
     rng = random.Random(args.seed)
     batcher = Batcher(examples, cfg, silence, args.frames + 1, rng, tokenizer if aux_heads is not None else None)
     params = list(model.parameters()) + (list(aux_heads.parameters()) if aux_heads is not None else [])
