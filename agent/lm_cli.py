@@ -46,7 +46,8 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--threads", type=int, default=None)
     v.set_defaults(handler=_vision)
     gpu = sub.add_parser("gpu", help="fused kernels and LM frame steps on a GPU, vs the reference")
-    gpu.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
+    gpu.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 128],
+                     help="session counts for the whole-frame step (default 1 16 64 128)")
     gpu.add_argument("--skip-lm", action="store_true", help="only the Mamba2 kernel comparison")
     gpu.set_defaults(handler=_gpu)
 

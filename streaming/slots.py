@@ -16,6 +16,7 @@ import torch
 from models.codec import Codec
 from models.lm import LMGenerator
 from models.state import copy_slot, narrow_state
+from streaming.frame_graphs import FrameGraphs, graphs_wanted
 
 
 @dataclass
@@ -29,8 +30,13 @@ class FrameResult:
 
 
 class SlotPool:
-    def __init__(self, codec: Codec, generator: LMGenerator, capacity: int, noise_floor: float = 0.0):
-        """`noise_floor`: RMS of seeded Gaussian noise added to every input frame (the model's training floor)."""
+    def __init__(self, codec: Codec, generator: LMGenerator, capacity: int, noise_floor: float = 0.0,
+                 graphs: bool | None = None):
+        """`noise_floor`: RMS of seeded Gaussian noise added to every input frame (the model's training floor).
+
+        `graphs`: step through one CUDA graph per batch bucket (default: on a GPU unless NO_CUDA_GRAPH=1). True
+        on a CPU (or with NO_CUDA_GRAPH=1) runs the same bucketed step eagerly; False steps exactly the active
+        rows, eagerly."""
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self.codec, self.gen, self.capacity = codec, generator, capacity
@@ -41,6 +47,18 @@ class SlotPool:
             self.codec_state = codec.init_state(capacity, device=self.device, chunk=1)
             self.gen_state = generator.init_state(capacity)
         self.active = 0
+        use = graphs_wanted(self.device) if graphs is None else graphs
+        self._frames: FrameGraphs | None = None
+        if use:
+            dtype = codec.downsample.weight.dtype
+            self._frames = FrameGraphs(self._device_step, capacity, (1, self.frame_size), self.device, dtype,
+                                       use_graphs=graphs_wanted(self.device))
+            with torch.inference_mode():
+                self._frames.capture(self._reset_all)
+
+    def _reset_all(self) -> None:
+        self.codec_state.reset()
+        self.gen_state.reset()
 
     @property
     def frame_size(self) -> int:
@@ -80,19 +98,11 @@ class SlotPool:
         return torch.stack([torch.randn(samples, generator=self._noise.manual_seed((seed * 1_000_003 + t) % 2**62))
                             for seed, t in keys])
 
-    @torch.inference_mode()
-    def step(self, frames: np.ndarray) -> FrameResult:
-        """frames [n, frame_size] float32 for the n active rows -> the model's frame for each."""
-        n = self.active
-        if frames.shape != (n, self.frame_size):
-            raise ValueError(f"expected frames of shape {(n, self.frame_size)}, got {frames.shape}")
-        codec_state = narrow_state(self.codec_state, n)
-        gen_state = narrow_state(self.gen_state, n)
-        x = torch.from_numpy(frames)
-        if self.noise_floor > 0:
-            x = x + self.noise_floor * self._floor_noise(gen_state, x.shape[-1])
-        wav = x.to(self.device, self.codec.downsample.weight.dtype)[:, None]
-        user_codes = self.codec.encode_step(wav, codec_state)  # [n, K, 1]
+    def _device_step(self, wav: torch.Tensor, rows: int) -> dict[str, torch.Tensor]:
+        """Everything on the device for pool rows [0, rows): wav [rows, 1, frame] -> output tensors."""
+        codec_state = narrow_state(self.codec_state, rows)
+        gen_state = narrow_state(self.gen_state, rows)
+        user_codes = self.codec.encode_step(wav, codec_state)  # [rows, K, 1]
         out = self.gen.step(user_codes[..., 0], gen_state)
         # Rows inside the model delay hold placeholder ids (< 0): decode code 0 there, then discard it below.
         pcm = self.codec.decode_step(out.audio.clamp_min(0)[..., None], codec_state)[:, 0]
@@ -100,11 +110,26 @@ class SlotPool:
         not_valid = ~out.valid
         for part in (codec_state.upsample, codec_state.decoder_transformer, codec_state.decoder):
             part.reset(not_valid)
-        pcm = torch.where(out.valid[:, None], pcm, torch.zeros_like(pcm))
-        return FrameResult(text=out.text.cpu().numpy(), valid=out.valid.cpu().numpy(),
-                           pcm=pcm.float().cpu().numpy(), audio_codes=out.audio.cpu().numpy(),
-                           user_codes=user_codes[..., 0].cpu().numpy(),
-                           gate=None if out.gate is None else out.gate.cpu().numpy())
+        pcm = torch.where(out.valid[:, None], pcm, torch.zeros_like(pcm)).float()
+        result = dict(text=out.text, valid=out.valid, pcm=pcm, audio=out.audio, user=user_codes[..., 0])
+        if out.gate is not None:
+            result["gate"] = out.gate
+        return result
+
+    @torch.inference_mode()
+    def step(self, frames: np.ndarray) -> FrameResult:
+        """frames [n, frame_size] float32 for the n active rows -> the model's frame for each."""
+        n = self.active
+        if frames.shape != (n, self.frame_size):
+            raise ValueError(f"expected frames of shape {(n, self.frame_size)}, got {frames.shape}")
+        x = torch.from_numpy(frames)
+        if self.noise_floor > 0:
+            x = x + self.noise_floor * self._floor_noise(narrow_state(self.gen_state, n), x.shape[-1])
+        wav = x.to(self.device, self.codec.downsample.weight.dtype)[:, None]
+        out = self._frames.run(wav) if self._frames is not None else self._device_step(wav, n)
+        host = {name: t.cpu().numpy() for name, t in out.items()}
+        return FrameResult(text=host["text"], valid=host["valid"], pcm=host["pcm"], audio_codes=host["audio"],
+                           user_codes=host["user"], gate=host.get("gate"))
 
     @property
     def has_vision(self) -> bool:
