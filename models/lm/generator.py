@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from models.lm.model import BackboneState, LMModel
+from models.lm.model import BackboneState, DepformerScratch, LMModel
 from models.lm.sampling import SamplingConfig, sample
 from models.state import StreamState
 
@@ -25,6 +25,7 @@ class GenState(StreamState):
     tokens: torch.Tensor  # [B, 1 + n_q, max_delay + 2] ring of token ids (UNGENERATED when not yet known)
     offsets: torch.Tensor  # [B] frames stepped by each slot
     seeds: torch.Tensor  # [B] sampling seed per slot
+    depformer: DepformerScratch  # within-frame depformer keys/values (no reset needed)
 
     def reset(self, mask: torch.Tensor | None = None) -> None:
         seeds = self.seeds.clone()
@@ -65,6 +66,7 @@ class LMGenerator:
             tokens=torch.full((batch, 1 + cfg.n_q, cfg.max_delay + 2), UNGENERATED, dtype=torch.long, device=device),
             offsets=torch.zeros(batch, dtype=torch.long, device=device),
             seeds=seeds_t,
+            depformer=self.model.depformer_scratch(batch),
         )
 
     def reset_slot(self, state: GenState, slot: int, seed: int | None = None) -> None:
@@ -97,11 +99,10 @@ class LMGenerator:
         hidden, text_logits = self.model.forward_text(inputs[..., None], state.backbone)
         sp = self.sampling
         text = sample(text_logits[:, -1], sp.text_temperature, sp.text_top_k, state.seeds, s, stream=0)
-        caches = self.model.depformer_caches(B)
         prev = text
         audio = []
         for k in range(cfg.dep_q):
-            logits = self.model.depformer_logits(k, prev, hidden[:, -1:], caches)
+            logits = self.model.depformer_logits(k, prev, hidden[:, -1:], state.depformer)
             prev = sample(logits, sp.temperature, sp.top_k, state.seeds, s, stream=1 + k)
             audio.append(prev)
         audio_t = torch.stack(audio, dim=1)

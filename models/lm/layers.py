@@ -18,6 +18,11 @@ class RMSNorm(nn.Module):
         self.alpha = nn.Parameter(torch.ones(1, 1, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and not torch.is_grad_enabled():  # one fused launch instead of ~8 (inference on a GPU)
+            from models.kernels.mamba2_triton import HAVE_TRITON, rmsnorm
+
+            if HAVE_TRITON:
+                return rmsnorm(x, self.alpha, self.eps)
         xf = x.float()
         var = self.eps + xf.pow(2).mean(-1, keepdim=True)
         return (xf * (self.alpha.float() * torch.rsqrt(var))).to(x.dtype)
@@ -79,6 +84,18 @@ class Attention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.project(x, step)
         y = streaming_attention(q, k, v, cache, context, max_period)
+        w = self.out_proj.weight.view(self.steps, C, -1)[step]
+        return F.linear(y.transpose(1, 2).reshape(B, T, -1), w)
+
+    def forward_substep(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, step: int) -> torch.Tensor:
+        """Depformer sub-step `step` (x [B, 1, C]): keys/values [B, H, steps, D] hold sub-steps 0..step-1 of this
+        frame at their own index; this one's go to index `step`. The index is a Python int, so there are no
+        positions, scatters or masks: a handful of launches per layer (they add up over dep_q x layers)."""
+        B, T, C = x.shape
+        q, k, v = self.project(x, step)
+        keys[:, :, step:step + 1].copy_(k)
+        values[:, :, step:step + 1].copy_(v)
+        y = F.scaled_dot_product_attention(q, keys[:, :, :step + 1], values[:, :, :step + 1])
         w = self.out_proj.weight.view(self.steps, C, -1)[step]
         return F.linear(y.transpose(1, 2).reshape(B, T, -1), w)
 

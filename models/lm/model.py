@@ -101,8 +101,8 @@ class DepformerLayer(nn.Module):
         self.norm2 = RMSNorm(d, cfg.norm_eps)
         self.gating = nn.ModuleList([SiluGating(d, cfg.depformer_dim_feedforward) for _ in range(cfg.dep_q)])
 
-    def forward(self, x: torch.Tensor, cache: KVCacheState, step: int, context: int) -> torch.Tensor:
-        x = x + self.self_attn(self.norm1(x), cache, context, None, step=step)
+    def forward(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, step: int) -> torch.Tensor:
+        x = x + self.self_attn.forward_substep(self.norm1(x), keys, values, step)
         return x + self.gating[step](self.norm2(x))
 
 
@@ -110,6 +110,15 @@ class Depformer(nn.Module):
     def __init__(self, cfg: LMConfig):
         super().__init__()
         self.layers = nn.ModuleList([DepformerLayer(cfg) for _ in range(cfg.depformer_num_layers)])
+
+
+@dataclass
+class DepformerScratch(StreamState):
+    """The depformer's keys/values within one frame, [B, H, dep_q, D] per layer. Every entry a frame reads was
+    written earlier in that frame, so it needs no reset: allocated once with the slot pool, not per frame."""
+
+    keys: list
+    values: list
 
 
 @dataclass
@@ -236,17 +245,20 @@ class LMModel(nn.Module):
             x = x + torch.stack([layer.gating[k](h[:, k]) for k in steps], dim=1)
         return torch.stack([self.linears[k](x[:, k]) for k in steps], dim=1)
 
-    def depformer_caches(self, batch: int) -> list[KVCacheState]:
+    def depformer_scratch(self, batch: int) -> DepformerScratch:
         cfg = self.cfg
         heads = cfg.depformer_num_heads
-        return [KVCacheState.create(batch, heads, cfg.depformer_dim // heads, cfg.dep_q, 1, self.device, self.dtype)
-                for _ in self.depformer.layers]
+        shape = (batch, heads, cfg.dep_q, cfg.depformer_dim // heads)
+        n = len(self.depformer.layers)
+        z = dict(device=self.device, dtype=self.dtype)
+        return DepformerScratch(keys=[torch.zeros(shape, **z) for _ in range(n)],
+                                values=[torch.zeros(shape, **z) for _ in range(n)])
 
     def depformer_logits(self, k: int, prev_token: torch.Tensor, hidden: torch.Tensor,
-                         caches: list[KVCacheState]) -> torch.Tensor:
+                         scratch: DepformerScratch) -> torch.Tensor:
         """Sub-step k: prev_token [B] (text for k=0, audio k-1 otherwise), hidden [B, 1, dim] -> [B, card]."""
         emb = self.depformer_text_emb if k == 0 else self.depformer_emb[k - 1]
         x = self.depformer_in[k](hidden) + emb(prev_token[:, None])
-        for layer, cache in zip(self.depformer.layers, caches):
-            x = layer(x, cache, k, self.cfg.dep_q)
+        for layer, keys, values in zip(self.depformer.layers, scratch.keys, scratch.values):
+            x = layer(x, keys, values, k)
         return self.linears[k](x)[:, 0]
