@@ -79,7 +79,12 @@ def streaming_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache
     T = q.shape[2]
     pos = cache.offset[:, None] + torch.arange(T, device=q.device)  # [B, T]
     if rope_max_period is not None:
-        q, k = rope_rotate(q, pos, rope_max_period), rope_rotate(k, pos, rope_max_period)
+        rotate = rope_rotate
+        if q.is_cuda and not torch.is_grad_enabled():  # inference on a GPU: one launch per tensor
+            from models.kernels.rope_triton import HAVE_TRITON, rope_fused
+
+            rotate = rope_fused if HAVE_TRITON else rope_rotate
+        q, k = rotate(q, pos, rope_max_period), rotate(k, pos, rope_max_period)
     outs = []
     for start in range(0, T, cache.chunk):
         end = min(T, start + cache.chunk)
