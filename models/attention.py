@@ -57,20 +57,26 @@ class KVCacheState(StreamState):
         return self.keys.shape[2]
 
 
-def _attend_chunk(q, k, v, cache: KVCacheState, context: int, pos_q: torch.Tensor) -> torch.Tensor:
+def _append_and_mask(k, v, cache: KVCacheState, context: int, pos_q: torch.Tensor) -> torch.Tensor:
+    """Write this chunk's keys/values/positions into the ring -> mask [B, 1, T, capacity] of what each query sees."""
     B, H, T, D = k.shape
+    if T == 1 and k.is_cuda and not torch.is_grad_enabled():  # streaming inference on a GPU: one launch
+        from models.kernels.attention_triton import HAVE_TRITON, append_kv_and_mask
+
+        if HAVE_TRITON:
+            return append_kv_and_mask(k, v, cache, context)
     index = pos_q % cache.capacity  # [B, T]
     cache.keys.scatter_(2, index.view(B, 1, T, 1).expand(B, H, T, D), k)
     cache.values.scatter_(2, index.view(B, 1, T, 1).expand(B, H, T, D), v)
     cache.positions.scatter_(1, index, pos_q)
     delta = pos_q[:, :, None] - cache.positions[:, None, :]  # [B, T, cap]
-    mask = (cache.positions[:, None, :] >= 0) & (delta >= 0) & (delta < context)
-    keys, values = cache.keys, cache.values
-    if keys.shape[1] != q.shape[1]:  # grouped-query attention
-        repeat = q.shape[1] // keys.shape[1]
-        keys = keys.repeat_interleave(repeat, dim=1)
-        values = values.repeat_interleave(repeat, dim=1)
-    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None])
+    return ((cache.positions[:, None, :] >= 0) & (delta >= 0) & (delta < context))[:, None]
+
+
+def _attend_chunk(q, k, v, cache: KVCacheState, context: int, pos_q: torch.Tensor) -> torch.Tensor:
+    mask = _append_and_mask(k, v, cache, context, pos_q)
+    return F.scaled_dot_product_attention(q, cache.keys, cache.values, attn_mask=mask,
+                                          enable_gqa=cache.keys.shape[1] != q.shape[1])
 
 
 def streaming_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCacheState,

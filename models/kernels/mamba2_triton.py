@@ -127,6 +127,17 @@ if HAVE_TRITON:
             tl.store(out_ptr + row * D + start + offs, (x * a * rstd).to(out_ptr.dtype.element_ty), mask=m)
 
 
+    @triton.jit
+    def _silu_gate_kernel(h_ptr, out_ptr, hidden, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        m = c < hidden
+        gate = tl.load(h_ptr + row * 2 * hidden + c, mask=m, other=0.0).to(tl.float32)
+        up = tl.load(h_ptr + row * 2 * hidden + hidden + c, mask=m, other=0.0).to(tl.float32)
+        tl.store(out_ptr + row * hidden + c, (gate / (1.0 + tl.exp(-gate)) * up).to(out_ptr.dtype.element_ty),
+                 mask=m)
+
+
 def _require_triton() -> None:
     if not HAVE_TRITON:
         raise RuntimeError("Triton is not installed: pip install 'duplex-agent[gpu]' (or use the PyTorch path)")
@@ -180,6 +191,18 @@ def rmsnorm(x: torch.Tensor, alpha: torch.Tensor, eps: float = 1e-8) -> torch.Te
     _rmsnorm_kernel[(x2.shape[0],)](x2, alpha.reshape(-1).contiguous(), out, shape[-1], eps,
                                     BLOCK=min(1024, triton.next_power_of_2(shape[-1])))
     return out.view(shape)
+
+
+def silu_gate(h: torch.Tensor) -> torch.Tensor:
+    """silu(a) * b for h = [a | b] on the last dim, in one launch (the MLP's gating; reference in SiluGating)."""
+    _require_triton()
+    shape = h.shape
+    hidden = shape[-1] // 2
+    h2 = h.reshape(-1, shape[-1]).contiguous()
+    out = torch.empty(h2.shape[0], hidden, device=h.device, dtype=h.dtype)
+    block = min(1024, triton.next_power_of_2(hidden))
+    _silu_gate_kernel[(h2.shape[0], triton.cdiv(hidden, block))](h2, out, hidden, BLOCK=block)
+    return out.view(*shape[:-1], hidden)
 
 
 def mamba2_step_fused(mixer, u: torch.Tensor, conv_pool: torch.Tensor, ssm_pool: torch.Tensor,
