@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from models.kernels import fused_ok
 from models.state import StreamState
 
 
@@ -60,11 +61,10 @@ class KVCacheState(StreamState):
 def _append_and_mask(k, v, cache: KVCacheState, context: int, pos_q: torch.Tensor) -> torch.Tensor:
     """Write this chunk's keys/values/positions into the ring -> mask [B, 1, T, capacity] of what each query sees."""
     B, H, T, D = k.shape
-    if T == 1 and k.is_cuda and not torch.is_grad_enabled():  # streaming inference on a GPU: one launch
-        from models.kernels.attention_triton import HAVE_TRITON, append_kv_and_mask
+    if T == 1 and fused_ok(k):  # streaming inference on a GPU: one launch
+        from models.kernels.attention_triton import append_kv_and_mask
 
-        if HAVE_TRITON:
-            return append_kv_and_mask(k, v, cache, context)
+        return append_kv_and_mask(k, v, cache, context)
     index = pos_q % cache.capacity  # [B, T]
     cache.keys.scatter_(2, index.view(B, 1, T, 1).expand(B, H, T, D), k)
     cache.values.scatter_(2, index.view(B, 1, T, 1).expand(B, H, T, D), v)
@@ -86,10 +86,8 @@ def streaming_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache
     pos = cache.offset[:, None] + torch.arange(T, device=q.device)  # [B, T]
     if rope_max_period is not None:
         rotate = rope_rotate
-        if q.is_cuda and not torch.is_grad_enabled():  # inference on a GPU: one launch per tensor
-            from models.kernels.rope_triton import HAVE_TRITON, rope_fused
-
-            rotate = rope_fused if HAVE_TRITON else rope_rotate
+        if fused_ok(q):  # one launch per tensor
+            from models.kernels.rope_triton import rope_fused as rotate
         q, k = rotate(q, pos, rope_max_period), rotate(k, pos, rope_max_period)
     outs = []
     for start in range(0, T, cache.chunk):

@@ -97,22 +97,27 @@ def test_gated_rmsnorm_matches_reference():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused path runs inside the model on CUDA only")
-def test_hybrid_lm_fused_path_matches_reference_path():
+@pytest.mark.parametrize("pattern", [None, "MMA"])
+def test_lm_fused_gpu_path_matches_reference_path(pattern):
+    """Every fused kernel at once (RMSNorm, rope, KV append + mask, SiLU gating, Mamba2 step, sampling) inside
+    real frame steps, against the PyTorch path on the same GPU."""
+    from models.kernels import reference_path
     from models.lm import LMConfig, LMGenerator, LMModel, SamplingConfig
 
     torch.manual_seed(0)
-    model = LMModel(LMConfig.tiny("MMA")).cuda().eval()
-    gen = LMGenerator(model, SamplingConfig.greedy())
+    model = LMModel(LMConfig.tiny(pattern)).cuda().eval()
     codes = torch.randint(0, 64, (10, 2, 4), device="cuda")
-    fused_state = gen.init_state(2)
-    fused = [gen.step(codes[t], fused_state) for t in range(10)]
-    for m in model.modules():
-        if hasattr(m, "use_fused"):
-            m.use_fused = False
-    ref_state = gen.init_state(2)
-    for t in range(10):
-        ref = gen.step(codes[t], ref_state)
-        assert (fused[t].text_logits - ref.text_logits).abs().max() < 1e-3
+    for sampling in (SamplingConfig.greedy(), SamplingConfig(temperature=1.0, top_k=20, text_top_k=5)):
+        gen = LMGenerator(model, sampling)
+        fused_state = gen.init_state(2, seeds=[3, 4])
+        fused = [gen.step(codes[t], fused_state) for t in range(10)]
+        with reference_path():
+            ref_state = gen.init_state(2, seeds=[3, 4])
+            ref = [gen.step(codes[t], ref_state) for t in range(10)]
+        for f, r in zip(fused, ref):
+            assert (f.text_logits - r.text_logits).abs().max() < 1e-3
+        same = sum(torch.equal(f.audio, r.audio) and torch.equal(f.text, r.text) for f, r in zip(fused, ref))
+        assert same >= 9  # float32 rounding may flip a near-tie once
 
 
 def test_fused_kv_append_and_mask_matches_reference():

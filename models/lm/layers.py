@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.attention import KVCacheState, streaming_attention
+from models.kernels import fused_ok
+from models.kernels.mamba2_triton import rmsnorm, silu_gate
 
 
 class RMSNorm(nn.Module):
@@ -18,11 +20,8 @@ class RMSNorm(nn.Module):
         self.alpha = nn.Parameter(torch.ones(1, 1, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda and not torch.is_grad_enabled():  # one fused launch instead of ~8 (inference on a GPU)
-            from models.kernels.mamba2_triton import HAVE_TRITON, rmsnorm
-
-            if HAVE_TRITON:
-                return rmsnorm(x, self.alpha, self.eps)
+        if fused_ok(x):  # one launch instead of ~8
+            return rmsnorm(x, self.alpha, self.eps)
         return self.reference(x)
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
@@ -43,11 +42,8 @@ class SiluGating(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.linear_in(x)
-        if h.is_cuda and not torch.is_grad_enabled():  # inference on a GPU: one launch for the gating
-            from models.kernels.mamba2_triton import HAVE_TRITON, silu_gate
-
-            if HAVE_TRITON:
-                return self.linear_out(silu_gate(h))
+        if fused_ok(h):
+            return self.linear_out(silu_gate(h))
         return self.linear_out(self.gate(h))
 
     @staticmethod

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.kernels import mamba2_ref, mamba2_triton
+from models.kernels import fused_ok, mamba2_ref, mamba2_triton
 from models.lm.config import MambaConfig
 from models.state import StreamState
 
@@ -60,7 +60,7 @@ class Mamba2Mixer(nn.Module):
     def forward(self, u: torch.Tensor, state: MambaState) -> torch.Tensor:
         """u: [B, T, dim]. T == 1 uses the recurrent step, T > 1 the chunked scan; both advance `state`."""
         Bsz, T, _ = u.shape
-        if T == 1 and u.is_cuda and self.use_fused and mamba2_triton.HAVE_TRITON:
+        if T == 1 and self.use_fused and fused_ok(u):
             slots = torch.arange(Bsz, dtype=torch.int32, device=u.device)
             return mamba2_triton.mamba2_step_fused(self, u[:, 0], state.conv, state.ssm, slots)[:, None]
         (z, xbc, dt), gn = self._split(self.in_proj(u))

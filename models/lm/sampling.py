@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from models.kernels import fused_ok
+
 _MASK32 = 0xFFFFFFFF
 # Hash constants, shared with the Triton kernel.
 SEED_MUL, COUNTER_MUL, INDEX_MUL = 0x9E3779B1, 0x85EBCA6B, 0xC2B2AE35
@@ -81,9 +83,8 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int, seed: torch.Ten
         if mask is not None:
             probs = probs * mask
         return torch.multinomial(probs, 1)[:, 0]
-    if logits.is_cuda:
-        from models.kernels.sampling_triton import HAVE_TRITON, sample_fused
+    if fused_ok(logits):
+        from models.kernels.sampling_triton import sample_fused
 
-        if HAVE_TRITON:
-            return sample_fused(logits, temperature, top_k, seed, counter, stream)
+        return sample_fused(logits, temperature, top_k, seed, counter, stream)
     return sample_reference(logits, temperature, top_k, seed, counter, stream)
