@@ -35,6 +35,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--count", type=int, default=100)
     q.add_argument("--batch", type=int, default=16)
     q.add_argument("--no-wer", action="store_true", help="skip the whisper transcription")
+    q.add_argument("--answers", help="write every scored answer here (JSON lines: kind, question, expected, got)")
     q.add_argument("--device", default="auto")
     q.add_argument("--threads", type=int, default=None)
     q.set_defaults(handler=_quality)

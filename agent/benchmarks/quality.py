@@ -73,6 +73,7 @@ def score(dialogues, results) -> dict:
     correct, keyed, total, latencies, talk_over = 0, 0, 0, [], []
     by_kind: dict[str, list[int]] = {}
     stopped: list[int] = []
+    answers: list[dict] = []
     for d, (texts, pcm) in zip(dialogues, results):
         frames = len(texts)
         rms = np.sqrt(np.mean(pcm[: frames * FRAME].reshape(frames, FRAME) ** 2, axis=1)) if frames else np.zeros(0)
@@ -91,6 +92,8 @@ def score(dialogues, results) -> dict:
             correct += exact
             keyed += int(all(k in got for k in qa["key"]))
             by_kind.setdefault(d["kind"], []).append(exact)
+            answers.append({"kind": d["kind"], "question": qa.get("question"), "expected": qa["answer"],
+                            "got": " ".join(got), "exact": bool(exact)})
         user_pcm = d["user"].astype(np.float32) / 32767
         speech = np.flatnonzero(np.abs(user_pcm) > 0.05)
         if d["kind"] == "interrupted":  # barge-in: the user speaks again while the agent answers
@@ -109,7 +112,7 @@ def score(dialogues, results) -> dict:
             latencies.append((speaking[0] * FRAME + (end_f * FRAME - d["user_end"]) + FRAME) / RATE * 1e3)
     return {"accuracy": correct / max(1, total), "key_accuracy": keyed / max(1, total), "n": total,
             "latency_ms": latencies, "talk_over": talk_over, "stopped": stopped,
-            "by_kind": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())}}
+            "by_kind": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())}, "answers": answers}
 
 
 def whisper_wer(dialogues, results, limit: int = 60) -> float | None:
@@ -200,6 +203,11 @@ def run_quality_bench(args) -> int:
     print(f"answer accuracy (text stream is exactly the expected answer): {sc['accuracy'] * 100:.1f}% of {sc['n']} "
           f"(goal >= 90%); with the answer's key words: {sc['key_accuracy'] * 100:.1f}%")
     print("  by question kind: " + ", ".join(f"{k} {v * 100:.0f}%" for k, v in sc["by_kind"].items()))
+    if args.answers:
+        import json
+
+        Path(args.answers).write_text("".join(json.dumps(a) + "\n" for a in sc["answers"]))
+        print(f"  every scored answer: {args.answers}")
     lat = sc["latency_ms"]
     if lat:
         print(f"response latency after the user's turn: median {statistics.median(lat):.0f} ms "
