@@ -47,18 +47,22 @@ red green blue yellow black white orange purple circle square triangle star
 """
 
 
-def codec_config() -> CodecConfig:
+def codec_config(codebooks: int = CODEBOOKS, filters: int = 8) -> CodecConfig:
+    """`codebooks` used of the 8 trained (x 8 bits x 12.5 Hz = 100 bit/s each); `filters`: SEANet width."""
+    if not 1 <= codebooks <= 8:
+        raise ValueError(f"codebooks must be in [1, 8], got {codebooks}")
     return CodecConfig(
-        seanet=SEANetConfig(dimension=64, n_filters=8),
+        seanet=SEANetConfig(dimension=64, n_filters=filters),
         transformer=CodecTransformerConfig(d_model=64, num_heads=4, num_layers=2, dim_feedforward=256,
                                            context=250),
         quantizer=QuantizerConfig(dimension=32, n_q=8, bins=256, input_dimension=64, output_dimension=64),
-        num_codebooks=CODEBOOKS,
+        num_codebooks=codebooks,
     )
 
 
-def lm_config(text_card: int = TEXT_VOCAB) -> LMConfig:
-    k = CODEBOOKS
+def lm_config(text_card: int = TEXT_VOCAB, codebooks: int = CODEBOOKS) -> LMConfig:
+    """`codebooks` per speaker: the codec's (the depformer generates that many per frame)."""
+    k = codebooks
     return LMConfig(dim=256, num_heads=4, num_layers=6, pattern="MMA", context=250, text_card=text_card,
                     card=256, n_q=2 * k, dep_q=k, delays=[0] + ([0] + [1] * (k - 1)) * 2,
                     depformer_dim=128, depformer_dim_feedforward=int(4.125 * 128), depformer_num_heads=4,

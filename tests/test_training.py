@@ -203,3 +203,23 @@ def test_decoder_only_codec_training_keeps_every_code():
     with torch.no_grad():
         next(codec.encoder.parameters()).add_(1.0)
     assert encoder_fingerprint(codec) != key
+
+
+def test_codec_size_flags_flow_into_the_lm_config(tmp_path):
+    """`train codec --codebooks 8 --filters 4` saves a codec whose file carries its size; `train lm` sizes the
+    LM from it (8 codebooks per speaker), and the pair steps a frame."""
+    from agent.default_model import codec_config, lm_config
+    from models.codec import Codec, load_codec, save_codec
+    from models.lm import LMGenerator, LMModel, SamplingConfig
+
+    with pytest.raises(ValueError, match="codebooks"):
+        codec_config(9)
+    save_codec(Codec(codec_config(8, filters=4)), tmp_path / "codec.safetensors")
+    codec = load_codec(tmp_path / "codec.safetensors")
+    assert codec.num_codebooks == 8 and codec.cfg.seanet.n_filters == 4
+    cfg = lm_config(codebooks=codec.num_codebooks)
+    assert (cfg.dep_q, cfg.user_streams, len(cfg.delays)) == (8, 8, 17)
+    gen = LMGenerator(LMModel(cfg).eval(), SamplingConfig.greedy())
+    codes = codec.encode(torch.zeros(1, 1, codec.frame_size))
+    out = gen.step(codes[..., 0], gen.init_state(1))
+    assert out.audio.shape == (1, 8)

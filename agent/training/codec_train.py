@@ -39,6 +39,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracks", choices=["both", "agent"], default="both",
                    help="train on both speakers' tracks, or only the agent's (its decoder only ever speaks the "
                         "agent's voice; default both)")
+    p.add_argument("--codebooks", type=int, default=4,
+                   help="codebooks the codec is trained to use, 1-8 of 256 entries (100 bit/s each; default 4)")
+    p.add_argument("--filters", type=int, default=8, help="SEANet base width (default 8; compute grows ~ its square)")
     p.add_argument("--decoder-only", action="store_true",
                    help="train only the decoder half with the encoder and codebooks frozen: every code stays the "
                         "same, so an LM trained on them stays valid while the speech gets clearer")
@@ -98,7 +101,7 @@ def run(args) -> int:
     device = pick_device(args.device)
     run_dir = Path(args.run)
     seed_everything(args.seed)
-    codec = Codec(codec_config()).to(device).train()
+    codec = Codec(codec_config(args.codebooks, args.filters)).to(device).train()
     vqs = [EMACodebooks(codec.quantizer.rvq_first), EMACodebooks(codec.quantizer.rvq_rest)]
     params = [p for n, p in codec.named_parameters() if not args.decoder_only or n.startswith(DECODER_HALF)]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
@@ -108,7 +111,13 @@ def run(args) -> int:
     ckpt = load_checkpoint(ckpt_path)
     data_rng = np.random.default_rng(args.seed)
     if ckpt is not None:
-        codec.load_state_dict(ckpt["codec"])
+        try:
+            codec.load_state_dict(ckpt["codec"])
+        except RuntimeError as exc:
+            from agent.cli import UserFacingError
+
+            raise UserFacingError(f"{ckpt_path} holds a codec of another size (--filters): use the flags it was "
+                                  f"started with, or another --run\n{str(exc)[:300]}") from exc
         opt.load_state_dict(ckpt["opt"])
         sched.load_state_dict(ckpt["sched"])
         for vq, s in zip(vqs, ckpt["vq"]):

@@ -190,8 +190,9 @@ def run(args) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(EMBEDDED_DIR / "default" / "tokenizer.model", tok_path)
     tokenizer = TextTokenizer(tok_path)
+    codec = load_codec(codec_path, device=device)
     seed_everything(args.seed)
-    cfg = lm_config()
+    cfg = lm_config(codebooks=codec.num_codebooks)
     model = LMModel(cfg).to(device).train()
     aux_heads = None
     if args.aux_weight > 0:
@@ -199,7 +200,6 @@ def run(args) -> int:
 
         image_dim = model.image_encoder.cfg.dim if model.image_encoder is not None else None
         aux_heads = AuxHeads(cfg.dim, cfg.text_card, image_dim).to(device).train()
-    codec = load_codec(codec_path, device=device)
     image_size = model.image_encoder.cfg.image_size if model.image_encoder is not None else 64
     examples = load_or_encode(Path(args.data), run_dir / "examples.pt", codec, tokenizer, image_size)
     with torch.no_grad():
