@@ -78,6 +78,22 @@ def test_fused_rope_matches_reference(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_add_rmsnorm_matches_separate_ops(dtype):
+    norm = RMSNorm(1500).to(DEVICE)  # two column blocks with a ragged tail
+    norm.alpha.normal_()
+    x, u = (torch.randn(2, 3, 1500, device=DEVICE).to(dtype) for _ in range(2))
+    total, out = mamba2_triton.add_rmsnorm(x, u, norm.alpha, norm.eps)
+    ref_total = x + u
+    if dtype == torch.float32:
+        assert torch.equal(total, ref_total)
+    else:  # one bf16 rounding (the interpreter's float->bf16 cast may round differently from a GPU's)
+        assert ((total.float() - ref_total.float()).abs() <= ref_total.float().abs() * 2**-7 + 1e-6).all()
+    ref = norm.reference(ref_total)
+    rel = (out.float() - ref.float()).norm() / ref.float().norm()
+    assert out.dtype == dtype and rel < (1e-6 if dtype == torch.float32 else 1e-2), rel
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_silu_gate_matches_reference(dtype):
     from models.lm.layers import SiluGating
 
@@ -137,8 +153,29 @@ def test_fused_kv_append_and_mask_matches_reference():
         v = kv[..., H * D:].view(B, 1, H, D).transpose(1, 2)
         want = _append_and_mask(k, v, ref, context, ref.offset[:, None])
         got = append_kv_and_mask(k.to(DEVICE), v.to(DEVICE), fused, context)
-        assert torch.equal(got.cpu(), want)
+        assert got.dtype == k.dtype and torch.equal(got.cpu() == 0, want) and torch.isinf(got[got != 0]).all()
         for a, b in [(fused.keys, ref.keys), (fused.values, ref.values), (fused.positions, ref.positions)]:
             assert torch.equal(a.cpu(), b)
         ref.offset.add_(1)
         fused.offset.add_(1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_embedding_accumulates_and_zeroes_missing_tokens(dtype):
+    from models.kernels.embedding_triton import embed_into
+    from models.lm.layers import Embedding
+
+    tables = [Embedding(11, 40).to(DEVICE, dtype) for _ in range(3)]
+    tokens = torch.tensor([[[3, -1], [0, 10], [-1, -1]], [[10, 2], [-1, 5], [7, 7]]], device=DEVICE)  # [B, 3, T]
+    ref = tables[0](tokens[:, 0])
+    for i, t in enumerate(tables[1:], start=1):  # the PyTorch path's sum, rounded to dtype after each add
+        ref = ref + t(tokens[:, i])
+    out = torch.full((2, 2, 40), float("nan"), device=DEVICE, dtype=dtype)  # poisoned: every element is written
+    for i, t in enumerate(tables):
+        embed_into(out, t.weight, tokens[:, i], accumulate=i > 0)
+    assert not out.isnan().any()
+    if dtype == torch.float32:
+        assert torch.equal(out, ref)
+    else:  # one bf16 rounding per add either way (the interpreter's float->bf16 cast may round differently)
+        scale = sum(t(tokens[:, i]).float().abs() for i, t in enumerate(tables))
+        assert ((out.float() - ref.float()).abs() <= scale * 2**-6 + 1e-6).all()

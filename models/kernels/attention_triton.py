@@ -2,9 +2,9 @@
 
 The PyTorch path (`models.attention._attend_chunk`) spends ~9 launches per layer on this at T = 1 (index,
 three scatters, five mask ops). Here program (b, h < H) copies row b's head h into the ring at
-`offset % capacity`, and program (b, H) writes the position and the attention mask from the positions as they
-were: the overwritten entry is always in the window (delta 0), every other entry keeps its own test, so no
-ordering between the programs' reads and writes matters.
+`offset % capacity`, and program (b, H) writes the position and the additive attention mask from the
+positions as they were: the overwritten entry is always in the window (delta 0), every other entry keeps
+its own test, so no ordering between the programs' reads and writes matters.
 """
 
 from __future__ import annotations
@@ -45,13 +45,16 @@ if HAVE_TRITON:
                 old = tl.load(positions_ptr + b * p_sb + j, mask=mj, other=-1)
                 delta = pos - old
                 valid = ((old >= 0) & (delta >= 0) & (delta < context)) | (j == idx)
-                tl.store(mask_ptr + b * cap + j, valid, mask=mj)
+                bias = tl.where(valid, 0.0, float("-inf"))
+                tl.store(mask_ptr + b * cap + j, bias.to(mask_ptr.dtype.element_ty), mask=mj)
             tl.store(positions_ptr + b * p_sb + idx, pos)
 
 
 def append_kv_and_mask(k: torch.Tensor, v: torch.Tensor, cache: KVCacheState, context: int) -> torch.Tensor:
-    """k, v [B, H_kv, 1, D] for position `cache.offset` -> attention mask [B, 1, 1, capacity]; updates the cache
-    (keys, values, positions; the offset is advanced by the caller, as on the PyTorch path)."""
+    """k, v [B, H_kv, 1, D] for position `cache.offset` -> additive attention mask [B, 1, 1, capacity] (0 where
+    visible, -inf elsewhere, in k's dtype: what SDPA would otherwise convert a boolean mask into, in two more
+    launches); updates the cache (keys, values, positions; the caller advances the offset, as on the PyTorch
+    path)."""
     if not HAVE_TRITON:
         raise RuntimeError("Triton is not installed: use the PyTorch path of models.attention")
     B, H, T, D = k.shape
@@ -59,7 +62,7 @@ def append_kv_and_mask(k: torch.Tensor, v: torch.Tensor, cache: KVCacheState, co
         raise ValueError("append_kv_and_mask takes one step with unit-stride rows")
     keys, values, positions = cache.keys, cache.values, cache.positions
     cap = keys.shape[2]
-    mask = torch.empty(B, 1, 1, cap, dtype=torch.bool, device=k.device)
+    mask = torch.empty(B, 1, 1, cap, dtype=k.dtype, device=k.device)
     _append_kernel[(B, H + 1)](k, v, keys, values, positions, cache.offset, mask, H, D, cap, context,
                                k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                                keys.stride(0), keys.stride(1), keys.stride(2), positions.stride(0),

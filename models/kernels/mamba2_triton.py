@@ -128,6 +128,29 @@ if HAVE_TRITON:
 
 
     @triton.jit
+    def _add_rmsnorm_kernel(x_ptr, u_ptr, alpha_ptr, sum_ptr, out_ptr, D, eps, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        offs = tl.arange(0, BLOCK)
+        ssq = tl.zeros([BLOCK], dtype=tl.float32)
+        for start in range(0, D, BLOCK):
+            m = (start + offs) < D
+            s = (tl.load(x_ptr + row * D + start + offs, mask=m, other=0.0).to(tl.float32)
+                 + tl.load(u_ptr + row * D + start + offs, mask=m, other=0.0).to(tl.float32))
+            s = s.to(sum_ptr.dtype.element_ty)  # rounded as the separate add rounds it
+            tl.store(sum_ptr + row * D + start + offs, s, mask=m)
+            sf = s.to(tl.float32)
+            ssq += sf * sf
+        rstd = 1.0 / tl.sqrt(eps + tl.sum(ssq, axis=0) / D)
+        for start in range(0, D, BLOCK):  # recompute the sum: no read-back of what other threads stored
+            m = (start + offs) < D
+            s = (tl.load(x_ptr + row * D + start + offs, mask=m, other=0.0).to(tl.float32)
+                 + tl.load(u_ptr + row * D + start + offs, mask=m, other=0.0).to(tl.float32))
+            s = s.to(sum_ptr.dtype.element_ty)
+            a = tl.load(alpha_ptr + start + offs, mask=m, other=0.0).to(tl.float32)
+            tl.store(out_ptr + row * D + start + offs, (s.to(tl.float32) * a * rstd).to(out_ptr.dtype.element_ty),
+                     mask=m)
+
+    @triton.jit
     def _silu_gate_kernel(h_ptr, out_ptr, hidden, BLOCK: tl.constexpr):
         row = tl.program_id(0)
         c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -191,6 +214,19 @@ def rmsnorm(x: torch.Tensor, alpha: torch.Tensor, eps: float = 1e-8) -> torch.Te
     _rmsnorm_kernel[(x2.shape[0],)](x2, alpha.reshape(-1).contiguous(), out, shape[-1], eps,
                                     BLOCK=min(1024, triton.next_power_of_2(shape[-1])))
     return out.view(shape)
+
+
+def add_rmsnorm(x: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor,
+                eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual add and the next RMSNorm in one launch: (s, rmsnorm(s)) with s = x + u rounded to x's dtype
+    (as the separate ops round it)."""
+    _require_triton()
+    shape = x.shape
+    x2, u2 = x.reshape(-1, shape[-1]).contiguous(), u.reshape(-1, shape[-1]).contiguous()
+    total, out = torch.empty_like(x2), torch.empty_like(x2)
+    _add_rmsnorm_kernel[(x2.shape[0],)](x2, u2, alpha.reshape(-1).contiguous(), total, out, shape[-1], eps,
+                                        BLOCK=min(1024, triton.next_power_of_2(shape[-1])))
+    return total.view(shape), out.view(shape)
 
 
 def silu_gate(h: torch.Tensor) -> torch.Tensor:

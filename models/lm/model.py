@@ -13,6 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.attention import KVCacheState
+from models.kernels import fused_ok
+from models.kernels.embedding_triton import embed_into
+from models.kernels.mamba2_triton import add_rmsnorm
 from models.lm.config import LMConfig
 from models.lm.layers import Attention, Embedding, RMSNorm, SiluGating
 from models.lm.mamba2 import Mamba2Mixer, MambaState
@@ -40,7 +43,11 @@ class _Block(nn.Module):
 
     def forward(self, x: torch.Tensor, state, vision: VisionState | None = None,
                 gates: list | None = None) -> torch.Tensor:
-        x = x + self.mix(self.norm1(x), state)
+        update = self.mix(self.norm1(x), state)
+        if (self.cross_attention is None or vision is None) and fused_ok(update):  # add + norm in one launch
+            x, h = add_rmsnorm(x, update, self.norm2.alpha, self.norm2.eps)
+            return x + self.gating(h)
+        x = x + update
         if self.cross_attention is not None and vision is not None:
             update, gate = self.cross_attention(self.norm_cross(x), vision)
             x = x + update
@@ -102,7 +109,11 @@ class DepformerLayer(nn.Module):
         self.gating = nn.ModuleList([SiluGating(d, cfg.depformer_dim_feedforward) for _ in range(cfg.dep_q)])
 
     def forward(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, step: int) -> torch.Tensor:
-        x = x + self.self_attn.forward_substep(self.norm1(x), keys, values, step)
+        update = self.self_attn.forward_substep(self.norm1(x), keys, values, step)
+        if fused_ok(update):
+            x, h = add_rmsnorm(x, update, self.norm2.alpha, self.norm2.eps)
+            return x + self.gating[step](h)
+        x = x + update
         return x + self.gating[step](self.norm2(x))
 
 
@@ -203,6 +214,12 @@ class LMModel(nn.Module):
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B, 1 + n_q, T] -> summed embeddings [B, T, dim]."""
+        if fused_ok(tokens):  # one accumulating launch per table
+            B, _, T = tokens.shape
+            x = torch.empty(B, T, self.cfg.dim, device=tokens.device, dtype=self.text_emb.weight.dtype)
+            for i, emb in enumerate([self.text_emb, *self.emb]):
+                embed_into(x, emb.weight, tokens[:, i], accumulate=i > 0)
+            return x
         x = self.text_emb(tokens[:, 0])
         for k, emb in enumerate(self.emb):
             x = x + emb(tokens[:, 1 + k])
@@ -258,7 +275,11 @@ class LMModel(nn.Module):
                          scratch: DepformerScratch) -> torch.Tensor:
         """Sub-step k: prev_token [B] (text for k=0, audio k-1 otherwise), hidden [B, 1, dim] -> [B, card]."""
         emb = self.depformer_text_emb if k == 0 else self.depformer_emb[k - 1]
-        x = self.depformer_in[k](hidden) + emb(prev_token[:, None])
+        x = self.depformer_in[k](hidden)
+        if fused_ok(x):
+            x = embed_into(x.contiguous(), emb.weight, prev_token[:, None], accumulate=True)
+        else:
+            x = x + emb(prev_token[:, None])
         for layer, keys, values in zip(self.depformer.layers, scratch.keys, scratch.values):
             x = layer(x, keys, values, k)
         return self.linears[k](x)[:, 0]

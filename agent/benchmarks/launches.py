@@ -1,0 +1,100 @@
+"""Kernel launches per batch-1 LM frame step on the GPU path, counted on any machine (no GPU needed).
+
+At batch 1 a frame step is launch-bound, so the launch count is the figure to drive down between GPU runs.
+`python -m agent.benchmarks.launches [--reference]` builds a Moshi-shaped LM (32 layers, 8 depformer sub-steps
+x 6 layers; tiny widths, since the count depends on structure, not width), forces the fused path on (its Triton
+kernels run through Triton's CPU interpreter), and counts every aten op that launches a kernel plus one per
+call of our fused kernels. `--reference` counts the PyTorch path instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import Counter
+
+# Views and allocations launch nothing.
+_NO_LAUNCH = {"view", "_unsafe_view", "transpose", "slice", "select", "expand", "split", "split_with_sizes",
+              "unsqueeze", "as_strided", "t", "detach", "alias", "permute", "squeeze", "reshape", "unbind",
+              "lift_fresh", "empty", "empty_like", "empty_strided", "_local_scalar_dense"}
+
+
+def count_launches(reference: bool = False) -> Counter:
+    """Needs TRITON_INTERPRET=1 set before Triton is imported (`main` re-executes itself with it)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import models.attention as attention
+    import models.kernels.attention_triton as attention_k
+    import models.kernels.embedding_triton as embedding_k
+    import models.kernels.mamba2_triton as mamba_k
+    import models.kernels.rope_triton as rope_k
+    import models.kernels.sampling_triton as sampling_k
+    import models.lm.layers as layers
+    import models.lm.mamba2 as mamba2
+    import models.lm.model as model_mod
+    import models.lm.sampling as sampling
+    from models.lm import LMConfig, LMGenerator, LMModel, SamplingConfig
+
+    counts: Counter = Counter()
+    inside_kernel = [False]
+
+    class Hook(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if not inside_kernel[0] and name not in _NO_LAUNCH:
+                counts[name] += 1
+            return func(*args, **(kwargs or {}))
+
+    def one_launch(fn, name):
+        def wrapped(*args, **kwargs):
+            inside_kernel[0] = True
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                inside_kernel[0] = False
+                counts[f"triton:{name}"] += 1
+        return wrapped
+
+    if not reference:
+        for mod, name, users in [(mamba_k, "rmsnorm", [layers]), (mamba_k, "silu_gate", [layers]),
+                                 (mamba_k, "add_rmsnorm", [model_mod]), (embedding_k, "embed_into", [model_mod]),
+                                 (rope_k, "rope_fused", []), (attention_k, "append_kv_and_mask", []),
+                                 (sampling_k, "sample_fused", []), (mamba_k, "mamba2_step_fused", [])]:
+            fn = one_launch(getattr(mod, name), name)
+            setattr(mod, name, fn)
+            for user in users:
+                setattr(user, name, fn)
+        for mod in (layers, attention, sampling, model_mod, mamba2):
+            mod.fused_ok = lambda x: True
+    cfg = LMConfig(dim=64, num_heads=4, num_layers=32, context=3000, text_card=32000, depformer_dim=32,
+                   depformer_dim_feedforward=132, depformer_num_heads=2, depformer_num_layers=6)
+    gen = LMGenerator(LMModel(cfg).eval(), SamplingConfig())
+    state = gen.init_state(1)
+    codes = torch.zeros(1, cfg.user_streams, dtype=torch.long)
+    with torch.no_grad():
+        gen.step(codes, state)
+        counts.clear()
+        with Hook():
+            gen.step(codes, state)
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference", action="store_true", help="count the PyTorch path instead")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") != "1":  # Triton reads it once, at import: start again with it set
+        os.execve(sys.executable, [sys.executable, "-m", "agent.benchmarks.launches", *sys.argv[1:]],
+                  {**os.environ, "TRITON_INTERPRET": "1"})
+    counts = count_launches(args.reference)
+    print(f"{'PyTorch' if args.reference else 'GPU (fused)'} path: {sum(counts.values())} launches per batch-1 "
+          "frame step of a Moshi-shaped LM")
+    for name, n in counts.most_common(16):
+        print(f"  {n:5d}  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

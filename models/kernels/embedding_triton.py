@@ -1,0 +1,47 @@
+"""Embedding lookups with Moshi's "no input" id (-1 embeds to zero), accumulated in place: one launch each.
+
+The PyTorch path (`models.lm.layers.Embedding`) takes ~5 launches per lookup (clamp, gather, compare, zero,
+select) plus an add per summed table; a Moshi-size frame sums 17 tables for the backbone and one per depformer
+sub-step. `embed_into(out, weight, tokens, accumulate)` writes or adds table rows straight into `out`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+
+    HAVE_TRITON = True
+except ImportError:  # pragma: no cover - CPU-only installs
+    HAVE_TRITON = False
+
+
+if HAVE_TRITON:
+
+    @triton.jit
+    def _embed_kernel(tokens_ptr, weight_ptr, out_ptr, D, ACCUMULATE: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        m = c < D
+        token = tl.load(tokens_ptr + row)
+        emb = tl.load(weight_ptr + tl.maximum(token, 0) * D + c, mask=m, other=0.0).to(tl.float32)
+        emb = tl.where(token >= 0, emb, 0.0)
+        if ACCUMULATE:
+            emb += tl.load(out_ptr + row * D + c, mask=m, other=0.0).to(tl.float32)
+        tl.store(out_ptr + row * D + c, emb.to(out_ptr.dtype.element_ty), mask=m)
+
+
+def embed_into(out: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, accumulate: bool) -> torch.Tensor:
+    """out [..., D] (contiguous) = (out +) weight[tokens] with zero rows for tokens == -1; tokens [...]."""
+    if not HAVE_TRITON:
+        raise RuntimeError("Triton is not installed: use models.lm.layers.Embedding")
+    D = weight.shape[1]
+    if not out.is_contiguous() or out.shape[-1] != D or out.numel() != tokens.numel() * D:
+        raise ValueError("embed_into needs a contiguous output of shape [*tokens.shape, D]")
+    flat = tokens.reshape(-1).contiguous()
+    block = min(1024, triton.next_power_of_2(D))
+    _embed_kernel[(flat.numel(), triton.cdiv(D, block))](flat, weight.contiguous(), out, D,
+                                                          ACCUMULATE=accumulate, BLOCK=block)
+    return out
