@@ -21,6 +21,11 @@ except ImportError:  # pragma: no cover - CPU-only installs
 _reference_only = False
 
 
+def require_triton(instead: str) -> None:
+    if not HAVE_TRITON:
+        raise RuntimeError(f"Triton is not installed (pip install triton, or use {instead})")
+
+
 def fused_ok(x: torch.Tensor) -> bool:
     return x.is_cuda and HAVE_TRITON and not _reference_only and not torch.is_grad_enabled()
 

@@ -12,17 +12,12 @@ from __future__ import annotations
 import torch
 
 from models.attention import KVCacheState
+from models.kernels import HAVE_TRITON, require_triton
 
-try:
+if HAVE_TRITON:
     import triton
     import triton.language as tl
 
-    HAVE_TRITON = True
-except ImportError:  # pragma: no cover - CPU-only installs
-    HAVE_TRITON = False
-
-
-if HAVE_TRITON:
 
     @triton.jit
     def _append_kernel(k_ptr, v_ptr, keys_ptr, values_ptr, positions_ptr, offset_ptr, mask_ptr,
@@ -55,8 +50,7 @@ def append_kv_and_mask(k: torch.Tensor, v: torch.Tensor, cache: KVCacheState, co
     visible, -inf elsewhere, in k's dtype: what SDPA would otherwise convert a boolean mask into, in two more
     launches); updates the cache (keys, values, positions; the caller advances the offset, as on the PyTorch
     path)."""
-    if not HAVE_TRITON:
-        raise RuntimeError("Triton is not installed: use the PyTorch path of models.attention")
+    require_triton("the PyTorch path of models.attention")
     B, H, T, D = k.shape
     if T != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         raise ValueError("append_kv_and_mask takes one step with unit-stride rows")

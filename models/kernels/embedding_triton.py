@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import torch
 
-try:
+from models.kernels import HAVE_TRITON, require_triton
+
+if HAVE_TRITON:
     import triton
     import triton.language as tl
 
-    HAVE_TRITON = True
-except ImportError:  # pragma: no cover - CPU-only installs
-    HAVE_TRITON = False
-
-
-if HAVE_TRITON:
 
     @triton.jit
     def _embed_kernel(tokens_ptr, weight_ptr, out_ptr, D, ACCUMULATE: tl.constexpr, BLOCK: tl.constexpr):
@@ -35,8 +31,7 @@ if HAVE_TRITON:
 
 def embed_into(out: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, accumulate: bool) -> torch.Tensor:
     """out [..., D] (contiguous) = (out +) weight[tokens] with zero rows for tokens == -1; tokens [...]."""
-    if not HAVE_TRITON:
-        raise RuntimeError("Triton is not installed: use models.lm.layers.Embedding")
+    require_triton("models.lm.layers.Embedding")
     D = weight.shape[1]
     if not out.is_contiguous() or out.shape[-1] != D or out.numel() != tokens.numel() * D:
         raise ValueError("embed_into needs a contiguous output of shape [*tokens.shape, D]")

@@ -16,16 +16,12 @@ from __future__ import annotations
 
 import torch
 
-try:
+from models.kernels import HAVE_TRITON, require_triton
+
+if HAVE_TRITON:
     import triton
     import triton.language as tl
 
-    HAVE_TRITON = True
-except ImportError:  # pragma: no cover - CPU-only installs
-    HAVE_TRITON = False
-
-
-if HAVE_TRITON:
 
     @triton.jit
     def _conv_step_kernel(xbc_ptr, state_ptr, w_ptr, b_ptr, out_ptr, slots_ptr, C,
@@ -161,15 +157,10 @@ if HAVE_TRITON:
                  mask=m)
 
 
-def _require_triton() -> None:
-    if not HAVE_TRITON:
-        raise RuntimeError("Triton is not installed: pip install 'duplex-agent[gpu]' (or use the PyTorch path)")
-
-
 def conv_step(xbc: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
               slots: torch.Tensor) -> torch.Tensor:
     """xbc [b, C] raw inputs; conv_state [S, C, W-1] pool (updated in place); weight [C, W] -> silu(conv) [b, C]."""
-    _require_triton()
+    require_triton("the PyTorch path (models/kernels/mamba2_ref.py)")
     b, C = xbc.shape
     W = weight.shape[-1]
     out = torch.empty_like(xbc)
@@ -182,7 +173,7 @@ def conv_step(xbc: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
 def ssm_step(xbc: torch.Tensor, dt: torch.Tensor, dt_bias: torch.Tensor, A_log: torch.Tensor, D: torch.Tensor,
              ssm_state: torch.Tensor, slots: torch.Tensor, ngroups: int) -> torch.Tensor:
     """xbc [b, conv_dim] (post-conv [x|B|C]), dt [b, H] raw; ssm_state [S, H, P, N] fp32 pool -> y [b, H*P]."""
-    _require_triton()
+    require_triton("the PyTorch path (models/kernels/mamba2_ref.py)")
     b, conv_dim = xbc.shape
     _, H, P, N = ssm_state.shape
     d_inner = H * P
@@ -196,7 +187,7 @@ def ssm_step(xbc: torch.Tensor, dt: torch.Tensor, dt_bias: torch.Tensor, A_log: 
 
 def gated_rmsnorm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, groups: int,
                   eps: float = 1e-5) -> torch.Tensor:
-    _require_triton()
+    require_triton("the PyTorch path (models/kernels/mamba2_ref.py)")
     b, d = y.shape
     out = torch.empty_like(y)
     group = d // groups
@@ -207,7 +198,7 @@ def gated_rmsnorm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, groups
 
 def rmsnorm(x: torch.Tensor, alpha: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Moshi's fp32 RMSNorm on rows of x [..., D]."""
-    _require_triton()
+    require_triton("the PyTorch path (models/kernels/mamba2_ref.py)")
     shape = x.shape
     x2 = x.reshape(-1, shape[-1]).contiguous()
     out = torch.empty_like(x2)
@@ -220,7 +211,7 @@ def add_rmsnorm(x: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor,
                 eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
     """The residual add and the next RMSNorm in one launch: (s, rmsnorm(s)) with s = x + u rounded to x's dtype
     (as the separate ops round it)."""
-    _require_triton()
+    require_triton("the PyTorch path (models/kernels/mamba2_ref.py)")
     shape = x.shape
     x2, u2 = x.reshape(-1, shape[-1]).contiguous(), u.reshape(-1, shape[-1]).contiguous()
     total, out = torch.empty_like(x2), torch.empty_like(x2)
@@ -231,7 +222,7 @@ def add_rmsnorm(x: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor,
 
 def silu_gate(h: torch.Tensor) -> torch.Tensor:
     """silu(a) * b for h = [a | b] on the last dim, in one launch (the MLP's gating; reference in SiluGating)."""
-    _require_triton()
+    require_triton("the PyTorch path (models/kernels/mamba2_ref.py)")
     shape = h.shape
     hidden = shape[-1] // 2
     h2 = h.reshape(-1, shape[-1]).contiguous()

@@ -11,16 +11,12 @@ import math
 
 import torch
 
-try:
+from models.kernels import HAVE_TRITON, require_triton
+
+if HAVE_TRITON:
     import triton
     import triton.language as tl
 
-    HAVE_TRITON = True
-except ImportError:  # pragma: no cover - CPU-only installs
-    HAVE_TRITON = False
-
-
-if HAVE_TRITON:
 
     @triton.jit
     def _rope_kernel(x_ptr, pos_ptr, out_ptr, H, T, half, stride_b, stride_h, stride_t, freq_scale,
@@ -44,8 +40,7 @@ if HAVE_TRITON:
 
 def rope_fused(x: torch.Tensor, positions: torch.Tensor, max_period: float = 10_000.0) -> torch.Tensor:
     """x [B, H, T, D] (any strides, last one 1), positions [B, T] -> rotated copy [B, H, T, D], contiguous."""
-    if not HAVE_TRITON:
-        raise RuntimeError("Triton is not installed: use models.attention.rope_rotate")
+    require_triton("models.attention.rope_rotate")
     B, H, T, D = x.shape
     if x.stride(-1) != 1:
         x = x.contiguous()

@@ -11,18 +11,13 @@ from __future__ import annotations
 
 import torch
 
+from models.kernels import HAVE_TRITON, require_triton
 from models.lm.sampling import COUNTER_MUL, INDEX_MUL, SEED_MUL
 
-try:
+if HAVE_TRITON:
     import triton
     import triton.language as tl
 
-    HAVE_TRITON = True
-except ImportError:  # pragma: no cover - CPU-only installs
-    HAVE_TRITON = False
-
-
-if HAVE_TRITON:
     _SEED_MUL: tl.constexpr = tl.constexpr(SEED_MUL)
     _COUNTER_MUL: tl.constexpr = tl.constexpr(COUNTER_MUL)
     _INDEX_MUL: tl.constexpr = tl.constexpr(INDEX_MUL)
@@ -76,8 +71,7 @@ if HAVE_TRITON:
 def sample_fused(logits: torch.Tensor, temperature: float, top_k: int, seed: torch.Tensor, counter: torch.Tensor,
                  stream: int = 0) -> torch.Tensor:
     """logits [B, V] (any float dtype, rows may be strided) -> tokens [B] int64; temperature > 0."""
-    if not HAVE_TRITON:
-        raise RuntimeError("Triton is not installed: use models.lm.sampling.sample_reference")
+    require_triton("models.lm.sampling.sample_reference")
     if temperature <= 0:
         raise ValueError("sample_fused needs temperature > 0 (greedy is an argmax)")
     B, V = logits.shape
