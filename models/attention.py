@@ -64,7 +64,7 @@ def _append_and_mask(k, v, cache: KVCacheState, context: int, pos_q: torch.Tenso
     if T == 1 and fused_ok(k):  # streaming inference on a GPU: one launch
         from models.kernels.attention_triton import append_kv_and_mask
 
-        return append_kv_and_mask(k, v, cache, context)
+        return append_kv_and_mask(k, v, cache, context, pos_q)
     index = pos_q % cache.capacity  # [B, T]
     cache.keys.scatter_(2, index.view(B, 1, T, 1).expand(B, H, T, D), k)
     cache.values.scatter_(2, index.view(B, 1, T, 1).expand(B, H, T, D), v)

@@ -112,28 +112,48 @@ def test_gated_rmsnorm_matches_reference():
         assert (mamba2_triton.gated_rmsnorm(y, z, w, groups) - ref).abs().max() < 1e-5
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused path runs inside the model on CUDA only")
 @pytest.mark.parametrize("pattern", [None, "MMA"])
-def test_lm_fused_gpu_path_matches_reference_path(pattern):
-    """Every fused kernel at once (RMSNorm, rope, KV append + mask, SiLU gating, Mamba2 step, sampling) inside
-    real frame steps, against the PyTorch path on the same GPU."""
-    from models.kernels import reference_path
+def test_lm_on_the_fused_path_matches_the_reference_path(pattern):
+    """Every fused kernel at once (embeddings, RMSNorm, add+RMSNorm, rope, KV append + mask, SiLU gating, Mamba2
+    step, sampling) inside real frame steps, against the PyTorch path (on CPU through Triton's interpreter)."""
+    from models.kernels import fused_path, reference_path
     from models.lm import LMConfig, LMGenerator, LMModel, SamplingConfig
 
     torch.manual_seed(0)
-    model = LMModel(LMConfig.tiny(pattern)).cuda().eval()
-    codes = torch.randint(0, 64, (10, 2, 4), device="cuda")
+    model = LMModel(LMConfig.tiny(pattern)).to(DEVICE).eval()
+    codes = torch.randint(0, 64, (8, 2, 4), device=DEVICE)
     for sampling in (SamplingConfig.greedy(), SamplingConfig(temperature=1.0, top_k=20, text_top_k=5)):
         gen = LMGenerator(model, sampling)
-        fused_state = gen.init_state(2, seeds=[3, 4])
-        fused = [gen.step(codes[t], fused_state) for t in range(10)]
-        with reference_path():
-            ref_state = gen.init_state(2, seeds=[3, 4])
-            ref = [gen.step(codes[t], ref_state) for t in range(10)]
-        for f, r in zip(fused, ref):
+        runs = []
+        for path in (fused_path, reference_path):
+            with path():
+                state = gen.init_state(2, seeds=[3, 4])
+                runs.append([gen.step(codes[t], state) for t in range(8)])
+        for f, r in zip(*runs):
             assert (f.text_logits - r.text_logits).abs().max() < 1e-3
-        same = sum(torch.equal(f.audio, r.audio) and torch.equal(f.text, r.text) for f, r in zip(fused, ref))
-        assert same >= 9  # float32 rounding may flip a near-tie once
+        same = sum(torch.equal(f.audio, r.audio) and torch.equal(f.text, r.text) for f, r in zip(*runs))
+        assert same >= 7  # float32 rounding may flip a near-tie once
+
+
+def test_codec_streaming_on_the_fused_path_matches_the_reference_path():
+    """The codec's transformer steps twice per frame through a chunk-1 cache (the pool's layout): the fused KV
+    append must take each step's own position."""
+    from models.codec import Codec, CodecConfig
+    from models.kernels import fused_path, reference_path
+
+    torch.manual_seed(0)
+    codec = Codec(CodecConfig.tiny(4)).to(DEVICE).eval()
+    wav = (0.1 * torch.randn(2, 1, codec.frame_size * 5)).to(DEVICE)
+    outs = []
+    for path in (fused_path, reference_path):
+        with path():
+            state = codec.init_state(2, chunk=1)
+            codes = [codec.encode_step(wav[..., i * codec.frame_size:(i + 1) * codec.frame_size], state)
+                     for i in range(5)]
+            pcm = [codec.decode_step(c, state) for c in codes]
+        outs.append((torch.cat(codes, -1), torch.cat(pcm, -1)))
+    assert torch.equal(outs[0][0], outs[1][0])
+    assert (outs[0][1] - outs[1][1]).abs().max() < 1e-4
 
 
 def test_fused_kv_append_and_mask_matches_reference():
@@ -152,12 +172,33 @@ def test_fused_kv_append_and_mask_matches_reference():
         k = kv[..., :H * D].view(B, 1, H, D).transpose(1, 2)
         v = kv[..., H * D:].view(B, 1, H, D).transpose(1, 2)
         want = _append_and_mask(k, v, ref, context, ref.offset[:, None])
-        got = append_kv_and_mask(k.to(DEVICE), v.to(DEVICE), fused, context)
+        got = append_kv_and_mask(k.to(DEVICE), v.to(DEVICE), fused, context, fused.offset[:, None])
         assert got.dtype == k.dtype and torch.equal(got.cpu() == 0, want) and torch.isinf(got[got != 0]).all()
         for a, b in [(fused.keys, ref.keys), (fused.values, ref.values), (fused.positions, ref.positions)]:
             assert torch.equal(a.cpu(), b)
         ref.offset.add_(1)
         fused.offset.add_(1)
+
+
+def test_fused_kv_append_takes_positions_from_the_caller():
+    """A streaming chunk loop (the codec: 2 steps per frame, chunk 1) writes step offset+1 before the offset
+    moves: the kernel must use the positions it is given."""
+    from models.attention import KVCacheState, _append_and_mask
+    from models.kernels.attention_triton import append_kv_and_mask
+
+    ref = KVCacheState.create(2, 2, 8, 5, 1, device="cpu")
+    fused = KVCacheState.create(2, 2, 8, 5, 1, device=DEVICE)
+    for _ in range(4):
+        k, v = torch.randn(2, 2, 2, 8), torch.randn(2, 2, 2, 8)
+        pos = ref.offset[:, None] + torch.arange(2)
+        for t in range(2):
+            want = _append_and_mask(k[:, :, t:t + 1], v[:, :, t:t + 1], ref, 5, pos[:, t:t + 1])
+            got = append_kv_and_mask(k[:, :, t:t + 1].to(DEVICE), v[:, :, t:t + 1].to(DEVICE), fused, 5,
+                                     pos[:, t:t + 1].to(DEVICE))
+            assert torch.equal(got.cpu() == 0, want)
+        assert torch.equal(fused.keys.cpu(), ref.keys) and torch.equal(fused.positions.cpu(), ref.positions)
+        ref.offset.add_(2)
+        fused.offset.add_(2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -2,9 +2,9 @@
 
 At batch 1 a frame step is launch-bound, so the launch count is the figure to drive down between GPU runs.
 `python -m agent.benchmarks.launches [--reference]` builds a Moshi-shaped LM (32 layers, 8 depformer sub-steps
-x 6 layers; tiny widths, since the count depends on structure, not width), forces the fused path on (its Triton
-kernels run through Triton's CPU interpreter), and counts every aten op that launches a kernel plus one per
-call of our fused kernels. `--reference` counts the PyTorch path instead.
+x 6 layers; tiny widths, since the count depends on structure, not width), forces the fused path on
+(`models.kernels.fused_path`; its Triton kernels run through Triton's CPU interpreter), and counts every aten
+op that launches a kernel plus one per call of our fused kernels. `--reference` counts the PyTorch path.
 """
 
 from __future__ import annotations
@@ -25,16 +25,14 @@ def count_launches(reference: bool = False) -> Counter:
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    import models.attention as attention
     import models.kernels.attention_triton as attention_k
     import models.kernels.embedding_triton as embedding_k
     import models.kernels.mamba2_triton as mamba_k
     import models.kernels.rope_triton as rope_k
     import models.kernels.sampling_triton as sampling_k
     import models.lm.layers as layers
-    import models.lm.mamba2 as mamba2
     import models.lm.model as model_mod
-    import models.lm.sampling as sampling
+    from models.kernels import fused_path, reference_path
     from models.lm import LMConfig, LMGenerator, LMModel, SamplingConfig
 
     counts: Counter = Counter()
@@ -66,14 +64,12 @@ def count_launches(reference: bool = False) -> Counter:
             setattr(mod, name, fn)
             for user in users:
                 setattr(user, name, fn)
-        for mod in (layers, attention, sampling, model_mod, mamba2):
-            mod.fused_ok = lambda x: True
     cfg = LMConfig(dim=64, num_heads=4, num_layers=32, context=3000, text_card=32000, depformer_dim=32,
                    depformer_dim_feedforward=132, depformer_num_heads=2, depformer_num_layers=6)
     gen = LMGenerator(LMModel(cfg).eval(), SamplingConfig())
     state = gen.init_state(1)
     codes = torch.zeros(1, cfg.user_streams, dtype=torch.long)
-    with torch.no_grad():
+    with torch.no_grad(), (reference_path() if reference else fused_path()):
         gen.step(codes, state)
         counts.clear()
         with Hook():

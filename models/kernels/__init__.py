@@ -1,7 +1,8 @@
 """Fused Triton kernels for GPU inference, each beside the PyTorch path it replaces (the reference).
 
-`fused_ok(x)` is the one rule deciding per call: CUDA tensors, no autograd (inference), Triton installed,
-and not inside `reference_path()` (tests and debugging compare both paths on the same GPU).
+`fused_ok(x)` is the one rule deciding per call: CUDA tensors, no autograd (inference), Triton installed.
+`reference_path()` and `fused_path()` force one path (tests compare both; `fused_path` also on CPU through
+Triton's interpreter).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ try:
 except ImportError:  # pragma: no cover - CPU-only installs
     HAVE_TRITON = False
 
-_reference_only = False
+_forced: str | None = None  # None: decide per tensor; "reference" or "fused": forced (tests, debugging)
 
 
 def require_triton(instead: str) -> None:
@@ -27,15 +28,27 @@ def require_triton(instead: str) -> None:
 
 
 def fused_ok(x: torch.Tensor) -> bool:
-    return x.is_cuda and HAVE_TRITON and not _reference_only and not torch.is_grad_enabled()
+    if _forced == "reference" or not HAVE_TRITON or torch.is_grad_enabled():
+        return False
+    return x.is_cuda or _forced == "fused"
 
 
 @contextlib.contextmanager
-def reference_path() -> Iterator[None]:
-    """Run the PyTorch reference path everywhere inside this block."""
-    global _reference_only
-    previous, _reference_only = _reference_only, True
+def _forcing(mode: str) -> Iterator[None]:
+    global _forced
+    previous, _forced = _forced, mode
     try:
         yield
     finally:
-        _reference_only = previous
+        _forced = previous
+
+
+def reference_path() -> contextlib.AbstractContextManager[None]:
+    """Run the PyTorch reference path everywhere inside this block."""
+    return _forcing("reference")
+
+
+def fused_path() -> contextlib.AbstractContextManager[None]:
+    """Run the fused kernels everywhere inside this block, CPU tensors included (through Triton's interpreter,
+    TRITON_INTERPRET=1): how CPU-only CI checks the kernels inside whole models."""
+    return _forcing("fused")

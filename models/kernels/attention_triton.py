@@ -20,12 +20,12 @@ if HAVE_TRITON:
 
 
     @triton.jit
-    def _append_kernel(k_ptr, v_ptr, keys_ptr, values_ptr, positions_ptr, offset_ptr, mask_ptr,
-                       H, D, cap, context, k_sb, k_sh, v_sb, v_sh, c_sb, c_sh, c_st, p_sb,
+    def _append_kernel(k_ptr, v_ptr, keys_ptr, values_ptr, positions_ptr, pos_ptr, mask_ptr,
+                       H, D, cap, context, k_sb, k_sh, v_sb, v_sh, c_sb, c_sh, c_st, p_sb, q_sb,
                        BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
         b = tl.program_id(0)
         h = tl.program_id(1)
-        pos = tl.load(offset_ptr + b)
+        pos = tl.load(pos_ptr + b * q_sb)
         idx = pos % cap
         if h < H:
             d = tl.arange(0, BLOCK_D)
@@ -45,11 +45,12 @@ if HAVE_TRITON:
             tl.store(positions_ptr + b * p_sb + idx, pos)
 
 
-def append_kv_and_mask(k: torch.Tensor, v: torch.Tensor, cache: KVCacheState, context: int) -> torch.Tensor:
-    """k, v [B, H_kv, 1, D] for position `cache.offset` -> additive attention mask [B, 1, 1, capacity] (0 where
+def append_kv_and_mask(k: torch.Tensor, v: torch.Tensor, cache: KVCacheState, context: int,
+                       pos_q: torch.Tensor) -> torch.Tensor:
+    """k, v [B, H_kv, 1, D] at positions pos_q [B, 1] -> additive attention mask [B, 1, 1, capacity] (0 where
     visible, -inf elsewhere, in k's dtype: what SDPA would otherwise convert a boolean mask into, in two more
     launches); updates the cache (keys, values, positions; the caller advances the offset, as on the PyTorch
-    path)."""
+    path). Positions come from the caller, not the offset: a chunk loop writes steps before the offset moves."""
     require_triton("the PyTorch path of models.attention")
     B, H, T, D = k.shape
     if T != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
@@ -57,8 +58,8 @@ def append_kv_and_mask(k: torch.Tensor, v: torch.Tensor, cache: KVCacheState, co
     keys, values, positions = cache.keys, cache.values, cache.positions
     cap = keys.shape[2]
     mask = torch.empty(B, 1, 1, cap, dtype=k.dtype, device=k.device)
-    _append_kernel[(B, H + 1)](k, v, keys, values, positions, cache.offset, mask, H, D, cap, context,
+    _append_kernel[(B, H + 1)](k, v, keys, values, positions, pos_q, mask, H, D, cap, context,
                                k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-                               keys.stride(0), keys.stride(1), keys.stride(2), positions.stride(0),
+                               keys.stride(0), keys.stride(1), keys.stride(2), positions.stride(0), pos_q.stride(0),
                                BLOCK_D=triton.next_power_of_2(D), BLOCK_C=min(1024, triton.next_power_of_2(cap)))
     return mask
