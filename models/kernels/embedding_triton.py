@@ -17,11 +17,12 @@ if HAVE_TRITON:
 
 
     @triton.jit
-    def _embed_kernel(tokens_ptr, weight_ptr, out_ptr, D, ACCUMULATE: tl.constexpr, BLOCK: tl.constexpr):
+    def _embed_kernel(tokens_ptr, weight_ptr, out_ptr, D, T, stride_b, stride_t, ACCUMULATE: tl.constexpr,
+                      BLOCK: tl.constexpr):
         row = tl.program_id(0)
         c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         m = c < D
-        token = tl.load(tokens_ptr + row)
+        token = tl.load(tokens_ptr + (row // T) * stride_b + (row % T) * stride_t)
         emb = tl.load(weight_ptr + tl.maximum(token, 0) * D + c, mask=m, other=0.0).to(tl.float32)
         emb = tl.where(token >= 0, emb, 0.0)
         if ACCUMULATE:
@@ -30,13 +31,14 @@ if HAVE_TRITON:
 
 
 def embed_into(out: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, accumulate: bool) -> torch.Tensor:
-    """out [..., D] (contiguous) = (out +) weight[tokens] with zero rows for tokens == -1; tokens [...]."""
+    """out [B, T, D] (contiguous) = (out +) weight[tokens] with zero rows for tokens == -1; tokens [B, T] (any
+    strides: a row of the generator's token columns is read in place, without a copy)."""
     require_triton("models.lm.layers.Embedding")
     D = weight.shape[1]
-    if not out.is_contiguous() or out.shape[-1] != D or out.numel() != tokens.numel() * D:
-        raise ValueError("embed_into needs a contiguous output of shape [*tokens.shape, D]")
-    flat = tokens.reshape(-1).contiguous()
+    B, T = tokens.shape
+    if not out.is_contiguous() or out.shape != (B, T, D):
+        raise ValueError(f"embed_into needs a contiguous output of shape {(B, T, D)}, got {tuple(out.shape)}")
     block = min(1024, triton.next_power_of_2(D))
-    _embed_kernel[(flat.numel(), triton.cdiv(D, block))](flat, weight.contiguous(), out, D,
-                                                          ACCUMULATE=accumulate, BLOCK=block)
+    _embed_kernel[(B * T, triton.cdiv(D, block))](tokens, weight.contiguous(), out, D, T, tokens.stride(0),
+                                                  tokens.stride(1), ACCUMULATE=accumulate, BLOCK=block)
     return out
