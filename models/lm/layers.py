@@ -97,15 +97,19 @@ class Attention(nn.Module):
         w = self.out_proj.weight.view(self.steps, C, -1)[step]
         return F.linear(y.transpose(1, 2).reshape(B, T, -1), w)
 
-    def forward_substep(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, step: int) -> torch.Tensor:
-        """Depformer sub-step `step` (x [B, 1, C]): keys/values [B, H, steps, D] hold sub-steps 0..step-1 of this
-        frame at their own index; this one's go to index `step`. The index is a Python int, so there are no
-        positions, scatters or masks: a handful of launches per layer (they add up over dep_q x layers)."""
+    def forward_substep(self, x: torch.Tensor, kv: torch.Tensor, step: int) -> torch.Tensor:
+        """Depformer sub-step `step` (x [B, 1, C]): kv [B, 2, H, steps, D] holds the keys and values of sub-steps
+        0..step-1 of this frame at their own index; this one's go to index `step` (one copy). The index is a
+        Python int, so there are no positions, scatters or masks: a handful of launches per layer (they add up
+        over dep_q x layers)."""
         B, T, C = x.shape
-        q, k, v = self.project(x, step)
-        keys[:, :, step:step + 1].copy_(k)
-        values[:, :, step:step + 1].copy_(v)
-        y = F.scaled_dot_product_attention(q, keys[:, :, :step + 1], values[:, :, :step + 1])
+        w = self.in_proj_weight.view(self.steps, -1, C)[step]
+        qkv = F.linear(x, w)  # [B, 1, (H + 2 H_kv) * D]
+        q_dim = self.num_heads * self.head_dim
+        q = qkv[..., :q_dim].view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        kv[:, :, :, step:step + 1].copy_(qkv[..., q_dim:].view(B, T, 2, self.kv_heads, self.head_dim)
+                                         .permute(0, 2, 3, 1, 4))
+        y = F.scaled_dot_product_attention(q, kv[:, 0, :, :step + 1], kv[:, 1, :, :step + 1])
         w = self.out_proj.weight.view(self.steps, C, -1)[step]
         return F.linear(y.transpose(1, 2).reshape(B, T, -1), w)
 

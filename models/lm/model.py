@@ -108,8 +108,8 @@ class DepformerLayer(nn.Module):
         self.norm2 = RMSNorm(d, cfg.norm_eps)
         self.gating = nn.ModuleList([SiluGating(d, cfg.depformer_dim_feedforward) for _ in range(cfg.dep_q)])
 
-    def forward(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, step: int) -> torch.Tensor:
-        update = self.self_attn.forward_substep(self.norm1(x), keys, values, step)
+    def forward(self, x: torch.Tensor, kv: torch.Tensor, step: int) -> torch.Tensor:
+        update = self.self_attn.forward_substep(self.norm1(x), kv, step)
         if fused_ok(update):
             x, h = add_rmsnorm(x, update, self.norm2.alpha, self.norm2.eps)
             return x + self.gating[step](h)
@@ -125,11 +125,10 @@ class Depformer(nn.Module):
 
 @dataclass
 class DepformerScratch(StreamState):
-    """The depformer's keys/values within one frame, [B, H, dep_q, D] per layer. Every entry a frame reads was
-    written earlier in that frame, so it needs no reset: allocated once with the slot pool, not per frame."""
+    """The depformer's keys and values within one frame, [B, 2, H, dep_q, D] per layer. Every entry a frame reads
+    was written earlier in that frame, so it needs no reset: allocated once with the slot pool, not per frame."""
 
-    keys: list
-    values: list
+    kv: list
 
 
 @dataclass
@@ -265,11 +264,9 @@ class LMModel(nn.Module):
     def depformer_scratch(self, batch: int) -> DepformerScratch:
         cfg = self.cfg
         heads = cfg.depformer_num_heads
-        shape = (batch, heads, cfg.dep_q, cfg.depformer_dim // heads)
-        n = len(self.depformer.layers)
-        z = dict(device=self.device, dtype=self.dtype)
-        return DepformerScratch(keys=[torch.zeros(shape, **z) for _ in range(n)],
-                                values=[torch.zeros(shape, **z) for _ in range(n)])
+        shape = (batch, 2, heads, cfg.dep_q, cfg.depformer_dim // heads)
+        return DepformerScratch(kv=[torch.zeros(shape, device=self.device, dtype=self.dtype)
+                                    for _ in self.depformer.layers])
 
     def depformer_logits(self, k: int, prev_token: torch.Tensor, hidden: torch.Tensor,
                          scratch: DepformerScratch) -> torch.Tensor:
@@ -280,6 +277,6 @@ class LMModel(nn.Module):
             x = embed_into(x.contiguous(), emb.weight, prev_token[:, None], accumulate=True)
         else:
             x = x + emb(prev_token[:, None])
-        for layer, keys, values in zip(self.depformer.layers, scratch.keys, scratch.values):
-            x = layer(x, keys, values, k)
+        for layer, kv in zip(self.depformer.layers, scratch.kv):
+            x = layer(x, kv, k)
         return self.linears[k](x)[:, 0]
