@@ -112,15 +112,23 @@ def test_gated_rmsnorm_matches_reference():
         assert (mamba2_triton.gated_rmsnorm(y, z, w, groups) - ref).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("pattern", [None, "MMA"])
+@pytest.mark.parametrize("pattern", [None, "MMA", "vision"])
 def test_lm_on_the_fused_path_matches_the_reference_path(pattern):
-    """Every fused kernel at once (embeddings, RMSNorm, add+RMSNorm, rope, KV append + mask, SiLU gating, Mamba2
-    step, sampling) inside real frame steps, against the PyTorch path (on CPU through Triton's interpreter)."""
+    """Every fused kernel at once (embeddings, RMSNorm, add+RMSNorm chained across layers, rope, KV append +
+    mask, SiLU gating, Mamba2 step, sampling) inside real frame steps, against the PyTorch path (on CPU through
+    Triton's interpreter); "vision": a cross-attention layer in the chain, one slot showing an image."""
+    import dataclasses
+
     from models.kernels import fused_path, reference_path
     from models.lm import LMConfig, LMGenerator, LMModel, SamplingConfig
+    from models.lm.config import VisionAdapterConfig
 
     torch.manual_seed(0)
-    model = LMModel(LMConfig.tiny(pattern)).to(DEVICE).eval()
+    cfg = LMConfig.tiny(pattern if pattern != "vision" else "MAM")
+    if pattern == "vision":
+        cfg = dataclasses.replace(cfg, vision=VisionAdapterConfig(xa_dim=24, layers=[1], num_tokens=5))
+    model = LMModel(cfg).to(DEVICE).eval()
+    image = torch.randn(5, 24, device=DEVICE)
     codes = torch.randint(0, 64, (8, 2, 4), device=DEVICE)
     for sampling in (SamplingConfig.greedy(), SamplingConfig(temperature=1.0, top_k=20, text_top_k=5)):
         gen = LMGenerator(model, sampling)
@@ -128,6 +136,8 @@ def test_lm_on_the_fused_path_matches_the_reference_path(pattern):
         for path in (fused_path, reference_path):
             with path():
                 state = gen.init_state(2, seeds=[3, 4])
+                if cfg.vision is not None:
+                    model.set_image(state.backbone, 0, image)
                 runs.append([gen.step(codes[t], state) for t in range(8)])
         for f, r in zip(*runs):
             assert (f.text_logits - r.text_logits).abs().max() < 1e-3

@@ -41,13 +41,26 @@ class _Block(nn.Module):
     def mix(self, x: torch.Tensor, state) -> torch.Tensor:
         raise NotImplementedError
 
+    def forward_fused(self, x: torch.Tensor, pending: torch.Tensor | None, state, vision: VisionState | None = None,
+                      gates: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same block with each residual add fused into the RMSNorm after it (GPU inference): takes and
+        returns the residual stream without its last update (`pending`), which the next norm adds."""
+        if pending is None:
+            h = self.norm1(x)
+        else:
+            x, h = add_rmsnorm(x, pending, self.norm1.alpha, self.norm1.eps)
+        update = self.mix(h, state)
+        if self.cross_attention is not None and vision is not None:
+            x = x + update
+            update, gate = self.cross_attention(self.norm_cross(x), vision)
+            if gates is not None:
+                gates.append(gate)
+        x, h = add_rmsnorm(x, update, self.norm2.alpha, self.norm2.eps)
+        return x, self.gating(h)
+
     def forward(self, x: torch.Tensor, state, vision: VisionState | None = None,
                 gates: list | None = None) -> torch.Tensor:
-        update = self.mix(self.norm1(x), state)
-        if (self.cross_attention is None or vision is None) and fused_ok(update):  # add + norm in one launch
-            x, h = add_rmsnorm(x, update, self.norm2.alpha, self.norm2.eps)
-            return x + self.gating(h)
-        x = x + update
+        x = x + self.mix(self.norm1(x), state)
         if self.cross_attention is not None and vision is not None:
             update, gate = self.cross_attention(self.norm_cross(x), vision)
             x = x + update
@@ -109,12 +122,18 @@ class DepformerLayer(nn.Module):
         self.gating = nn.ModuleList([SiluGating(d, cfg.depformer_dim_feedforward) for _ in range(cfg.dep_q)])
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor, step: int) -> torch.Tensor:
-        update = self.self_attn.forward_substep(self.norm1(x), kv, step)
-        if fused_ok(update):
-            x, h = add_rmsnorm(x, update, self.norm2.alpha, self.norm2.eps)
-            return x + self.gating[step](h)
-        x = x + update
+        x = x + self.self_attn.forward_substep(self.norm1(x), kv, step)
         return x + self.gating[step](self.norm2(x))
+
+    def forward_fused(self, x: torch.Tensor, pending: torch.Tensor | None, kv: torch.Tensor,
+                      step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """As `_Block.forward_fused`: residual adds fused into the norms after them."""
+        if pending is None:
+            h = self.norm1(x)
+        else:
+            x, h = add_rmsnorm(x, pending, self.norm1.alpha, self.norm1.eps)
+        x, h = add_rmsnorm(x, self.self_attn.forward_substep(h, kv, step), self.norm2.alpha, self.norm2.eps)
+        return x, self.gating[step](h)
 
 
 class Depformer(nn.Module):
@@ -231,13 +250,19 @@ class LMModel(nn.Module):
         vision = state.vision
         if vision is not None and not x.is_cuda and not torch.is_grad_enabled() and not bool(vision.present.any()):
             vision = None  # no session shows an image: skip cross-attention (on GPU keep shapes static for graphs)
-        for layer, layer_state in zip(self.transformer.layers, state.layers):
-            x = layer(x, layer_state, vision, gates)
+        if fused_ok(x):  # each residual add joins the RMSNorm after it: one launch instead of two
+            pending = None
+            for layer, layer_state in zip(self.transformer.layers, state.layers):
+                x, pending = layer.forward_fused(x, pending, layer_state, vision, gates)
+            x = add_rmsnorm(x, pending, self.out_norm.alpha, self.out_norm.eps)[1]
+        else:
+            for layer, layer_state in zip(self.transformer.layers, state.layers):
+                x = layer(x, layer_state, vision, gates)
+            x = self.out_norm(x)
         if gates:
             state.vision.gate.copy_(torch.stack(gates).mean(0).detach())
         elif state.vision is not None:
             state.vision.gate.zero_()
-        x = self.out_norm(x)
         return x, self.text_linear(x)
 
     def depformer_parallel(self, hidden: torch.Tensor, prev_tokens: torch.Tensor) -> torch.Tensor:
@@ -277,6 +302,12 @@ class LMModel(nn.Module):
             x = embed_into(x.contiguous(), emb.weight, prev_token[:, None], accumulate=True)
         else:
             x = x + emb(prev_token[:, None])
-        for layer, kv in zip(self.depformer.layers, scratch.kv):
-            x = layer(x, kv, k)
+        if fused_ok(x):
+            pending = None
+            for layer, kv in zip(self.depformer.layers, scratch.kv):
+                x, pending = layer.forward_fused(x, pending, kv, k)
+            x = x + pending
+        else:
+            for layer, kv in zip(self.depformer.layers, scratch.kv):
+                x = layer(x, kv, k)
         return self.linears[k](x)[:, 0]
