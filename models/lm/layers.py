@@ -8,7 +8,7 @@ from torch import nn
 
 from models.attention import KVCacheState, streaming_attention
 from models.kernels import fused_ok
-from models.kernels.mamba2_triton import rmsnorm, silu_gate
+from models.kernels.mamba2_triton import add_rmsnorm, rmsnorm, silu_gate
 
 
 class RMSNorm(nn.Module):
@@ -23,6 +23,13 @@ class RMSNorm(nn.Module):
         if fused_ok(x):  # one launch instead of ~8
             return rmsnorm(x, self.alpha, self.eps)
         return self.reference(x)
+
+    def add_then_norm(self, x: torch.Tensor, update: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x + update, norm(x + update)) in one fused launch; `update` None: (x, norm(x)). For the GPU path, where
+        each residual add is carried to the norm after it."""
+        if update is None:
+            return x, self(x)
+        return add_rmsnorm(x, update, self.alpha, self.eps)
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """The PyTorch path (CPU, training, and the oracle of the fused kernel)."""
@@ -78,10 +85,19 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(dim, steps * dim, bias=False)  # weight [steps*dim, dim]
         nn.init.normal_(self.in_proj_weight, std=dim**-0.5)
 
+    def _qkv(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        """[B, T, C] -> fused [B, T, (H + 2 H_kv) * D] with sub-step `step`'s weights."""
+        return F.linear(x, self.in_proj_weight.view(self.steps, -1, x.shape[-1])[step])
+
+    def _output(self, y: torch.Tensor, step: int) -> torch.Tensor:
+        """Attention output [B, H, T, D] -> [B, T, C] through sub-step `step`'s output projection."""
+        B, H, T, D = y.shape
+        w = self.out_proj.weight.view(self.steps, H * D, -1)[step]
+        return F.linear(y.transpose(1, 2).reshape(B, T, -1), w)
+
     def project(self, x: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, T, _ = x.shape
-        w = self.in_proj_weight.view(self.steps, -1, x.shape[-1])[step]
-        qkv = F.linear(x, w)
+        qkv = self._qkv(x, step)
         q_dim, kv_dim = self.num_heads * self.head_dim, self.kv_heads * self.head_dim
         q, k, v = qkv.split([q_dim, kv_dim, kv_dim], dim=-1)
         q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
@@ -91,27 +107,22 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: KVCacheState, context: int, max_period: float | None,
                 step: int = 0) -> torch.Tensor:
-        B, T, C = x.shape
         q, k, v = self.project(x, step)
-        y = streaming_attention(q, k, v, cache, context, max_period)
-        w = self.out_proj.weight.view(self.steps, C, -1)[step]
-        return F.linear(y.transpose(1, 2).reshape(B, T, -1), w)
+        return self._output(streaming_attention(q, k, v, cache, context, max_period), step)
 
     def forward_substep(self, x: torch.Tensor, kv: torch.Tensor, step: int) -> torch.Tensor:
         """Depformer sub-step `step` (x [B, 1, C]): kv [B, 2, H, steps, D] holds the keys and values of sub-steps
         0..step-1 of this frame at their own index; this one's go to index `step` (one copy). The index is a
         Python int, so there are no positions, scatters or masks: a handful of launches per layer (they add up
         over dep_q x layers)."""
-        B, T, C = x.shape
-        w = self.in_proj_weight.view(self.steps, -1, C)[step]
-        qkv = F.linear(x, w)  # [B, 1, (H + 2 H_kv) * D]
+        B, T, _ = x.shape
+        qkv = self._qkv(x, step)
         q_dim = self.num_heads * self.head_dim
         q = qkv[..., :q_dim].view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
         kv[:, :, :, step:step + 1].copy_(qkv[..., q_dim:].view(B, T, 2, self.kv_heads, self.head_dim)
                                          .permute(0, 2, 3, 1, 4))
         y = F.scaled_dot_product_attention(q, kv[:, 0, :, :step + 1], kv[:, 1, :, :step + 1])
-        w = self.out_proj.weight.view(self.steps, C, -1)[step]
-        return F.linear(y.transpose(1, 2).reshape(B, T, -1), w)
+        return self._output(y, step)
 
     def init_cache(self, batch: int, context: int, device, dtype, chunk: int = 1) -> KVCacheState:
         return KVCacheState.create(batch, self.kv_heads, self.head_dim, context, chunk, device, dtype)

@@ -15,7 +15,6 @@ from torch import nn
 from models.attention import KVCacheState
 from models.kernels import fused_ok
 from models.kernels.embedding_triton import embed_into
-from models.kernels.mamba2_triton import add_rmsnorm
 from models.lm.config import LMConfig
 from models.lm.layers import Attention, Embedding, RMSNorm, SiluGating
 from models.lm.mamba2 import Mamba2Mixer, MambaState
@@ -45,17 +44,14 @@ class _Block(nn.Module):
                       gates: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The same block with each residual add fused into the RMSNorm after it (GPU inference): takes and
         returns the residual stream without its last update (`pending`), which the next norm adds."""
-        if pending is None:
-            h = self.norm1(x)
-        else:
-            x, h = add_rmsnorm(x, pending, self.norm1.alpha, self.norm1.eps)
+        x, h = self.norm1.add_then_norm(x, pending)
         update = self.mix(h, state)
         if self.cross_attention is not None and vision is not None:
             x = x + update
             update, gate = self.cross_attention(self.norm_cross(x), vision)
             if gates is not None:
                 gates.append(gate)
-        x, h = add_rmsnorm(x, update, self.norm2.alpha, self.norm2.eps)
+        x, h = self.norm2.add_then_norm(x, update)
         return x, self.gating(h)
 
     def forward(self, x: torch.Tensor, state, vision: VisionState | None = None,
@@ -128,11 +124,8 @@ class DepformerLayer(nn.Module):
     def forward_fused(self, x: torch.Tensor, pending: torch.Tensor | None, kv: torch.Tensor,
                       step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """As `_Block.forward_fused`: residual adds fused into the norms after them."""
-        if pending is None:
-            h = self.norm1(x)
-        else:
-            x, h = add_rmsnorm(x, pending, self.norm1.alpha, self.norm1.eps)
-        x, h = add_rmsnorm(x, self.self_attn.forward_substep(h, kv, step), self.norm2.alpha, self.norm2.eps)
+        x, h = self.norm1.add_then_norm(x, pending)
+        x, h = self.norm2.add_then_norm(x, self.self_attn.forward_substep(h, kv, step))
         return x, self.gating[step](h)
 
 
@@ -254,7 +247,7 @@ class LMModel(nn.Module):
             pending = None
             for layer, layer_state in zip(self.transformer.layers, state.layers):
                 x, pending = layer.forward_fused(x, pending, layer_state, vision, gates)
-            x = add_rmsnorm(x, pending, self.out_norm.alpha, self.out_norm.eps)[1]
+            x = self.out_norm.add_then_norm(x, pending)[1]
         else:
             for layer, layer_state in zip(self.transformer.layers, state.layers):
                 x = layer(x, layer_state, vision, gates)
@@ -298,16 +291,14 @@ class LMModel(nn.Module):
         """Sub-step k: prev_token [B] (text for k=0, audio k-1 otherwise), hidden [B, 1, dim] -> [B, card]."""
         emb = self.depformer_text_emb if k == 0 else self.depformer_emb[k - 1]
         x = self.depformer_in[k](hidden)
-        if fused_ok(x):
+        if fused_ok(x):  # embedding accumulated in place; residual adds carried into the next norm
             x = embed_into(x.contiguous(), emb.weight, prev_token[:, None], accumulate=True)
-        else:
-            x = x + emb(prev_token[:, None])
-        if fused_ok(x):
             pending = None
             for layer, kv in zip(self.depformer.layers, scratch.kv):
                 x, pending = layer.forward_fused(x, pending, kv, k)
             x = x + pending
         else:
+            x = x + emb(prev_token[:, None])
             for layer, kv in zip(self.depformer.layers, scratch.kv):
                 x = layer(x, kv, k)
         return self.linears[k](x)[:, 0]
