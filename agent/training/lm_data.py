@@ -55,7 +55,7 @@ def encode_dialogues(dialogues: list[dict], codec, tokenizer, image_size: int, b
         for j, d in enumerate(chunk):
             wav[2 * j, :d["user"].size] = torch.from_numpy(d["user"].astype(np.float32) / 32767)
             wav[2 * j + 1, :d["agent"].size] = torch.from_numpy(d["agent"].astype(np.float32) / 32767)
-        codes = codec.encode(wav.to(codec.downsample.weight.device)).cpu().to(torch.int16)  # [2B, K, T]
+        codes = codec.encode(wav.to(codec.device)).cpu().to(torch.int16)  # [2B, K, T]
         for j, d in enumerate(chunk):
             t = frames[j]
             qa = d.get("qa") or {}
@@ -86,16 +86,19 @@ def encoder_fingerprint(codec) -> str:
     return h.hexdigest()
 
 
-def load_or_encode(data: Path, cache: Path, codec, tokenizer, image_size: int) -> list[Example]:
-    """Encoded examples are cached next to the run, keyed by the data folder and the codec's encoder half."""
+def load_or_encode(data: Path | list[Path], cache: Path, codec, tokenizer, image_size: int) -> list[Example]:
+    """Encoded examples are cached next to the run, keyed by the data folders and the codec's encoder half."""
     from agent.training.synth import load_dialogues
 
-    key = f"{encoder_fingerprint(codec)}:{data.resolve()}"
+    folders = [data] if isinstance(data, Path) else list(data)
+    key = f"{encoder_fingerprint(codec)}:{','.join(str(f.resolve()) for f in folders)}"
     if cache.is_file():
         blob = torch.load(cache, weights_only=False)
         if blob.get("key") == key:
             return blob["examples"]
-    examples = encode_dialogues(load_dialogues(data), codec, tokenizer, image_size)
+    examples = []
+    for folder in folders:  # one folder's audio in memory at a time
+        examples += encode_dialogues(load_dialogues(folder), codec, tokenizer, image_size)
     cache.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"key": key, "examples": examples}, cache)
     return examples

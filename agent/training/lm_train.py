@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from agent.training.common import (
     add_loop_args,
+    data_folders,
     load_checkpoint,
     pick_device,
     rng_state,
@@ -38,7 +39,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=80, help="frames per training sequence (80 = 6.4 s)")
     p.add_argument("--export", help="write the trained model folder here (e.g. agent/weights/default)")
     p.add_argument("--init", help="start a new run from these LM weights (e.g. agent/weights/default/lm.safetensors) "
-                                  "instead of random ones; ignored when the run has a checkpoint")
+                                  "instead of random ones; ignored when the run has a checkpoint. Weights of "
+                                  "another codebook count load where names and shapes match (the rest start "
+                                  "fresh, and are listed)")
     p.add_argument("--aux-weight", type=float, default=0.5,
                    help="weight of the training-only auxiliary losses (question CTC on the user track, scene "
                         "classification); 0 turns them off (default 0.5)")
@@ -168,6 +171,18 @@ def export_bundle(folder: Path, codec_path: Path, lm_path: Path, tokenizer: Path
                    input_noise_floor=NOISE_FLOOR)
 
 
+def load_matching(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Copy every tensor of `state` whose name and shape match `model`'s; returns the names left as they were
+    (e.g. per-codebook weights when the codec's codebook count changed)."""
+    own = model.state_dict()
+    fresh = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    with torch.no_grad():
+        for k, t in own.items():
+            if k not in fresh:
+                t.copy_(state[k])
+    return fresh
+
+
 def run(args) -> int:
     from agent.default_model import lm_config
     from agent.registry import EMBEDDED_DIR
@@ -201,7 +216,7 @@ def run(args) -> int:
         image_dim = model.image_encoder.cfg.dim if model.image_encoder is not None else None
         aux_heads = AuxHeads(cfg.dim, cfg.text_card, image_dim).to(device).train()
     image_size = model.image_encoder.cfg.image_size if model.image_encoder is not None else 64
-    examples = load_or_encode(Path(args.data), run_dir / "examples.pt", codec, tokenizer, image_size)
+    examples = load_or_encode(data_folders(args.data), run_dir / "examples.pt", codec, tokenizer, image_size)
     with torch.no_grad():
         silence = codec.encode(torch.zeros(1, 1, codec.frame_size * 4, device=device))[0, :, -1].cpu()
     rng = random.Random(args.seed)
@@ -238,8 +253,10 @@ def run(args) -> int:
     elif args.init:
         from models.lm import load_lm
 
-        model.load_state_dict(load_lm(args.init, cfg=cfg).state_dict())
-        print(f"initialized from {args.init}")
+        fresh = load_matching(model, load_lm(args.init).state_dict())
+        print(f"initialized from {args.init}" + (f"; {len(fresh)} tensors of other shapes start fresh: "
+                                                  f"{', '.join(fresh[:6])}{' ...' if len(fresh) > 6 else ''}"
+                                                  if fresh else ""))
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"LM: {n_params:.2f}M params, {len(examples)} dialogues, device {device}")
 

@@ -20,6 +20,7 @@ from models.codec.codec import Codec, CodecConfig
 from models.codec.quantizer import QuantizerConfig
 from models.codec.seanet import SEANetConfig
 from models.codec.transformer import CodecTransformerConfig
+from models.codec.vocoder import VocoderCodec, VocoderConfig
 
 _RENAMES = [
     (re.compile(r"^(encoder|decoder)\.model\.(\d+)\.(conv\.conv|convtr\.convtr)\."), r"\1.model.\2."),
@@ -86,15 +87,23 @@ def config_from_json(text: str) -> CodecConfig:
 
 
 def load_codec(path: str | Path, cfg: CodecConfig | None = None, device: str | torch.device = "cpu",
-               num_codebooks: int | None = None) -> Codec:
-    """Build a codec and load a local Mimi-layout safetensors file.
+               num_codebooks: int | None = None) -> Codec | VocoderCodec:
+    """Build a codec and load a local safetensors file: a Mimi-layout codec, or our vocoder codec (its file says
+    so in its metadata).
 
     The config comes from `cfg`, else from the file's metadata (files we save carry it), else Mimi's.
     """
     path = Path(path)
     raw = read_safetensors(path)
+    meta = safetensors_metadata(path)
+    if meta.get("codec_kind") == "vocoder":
+        vcfg = VocoderConfig(**json.loads(meta["vocoder_config"]))
+        if num_codebooks is not None:
+            vcfg = vcfg.with_codebooks(num_codebooks)
+        vocoder = VocoderCodec(vcfg)
+        load_checked(vocoder, raw, str(path))
+        return vocoder.to(device).eval()
     if cfg is None:
-        meta = safetensors_metadata(path)
         cfg = config_from_json(meta["codec_config"]) if "codec_config" in meta else CodecConfig.mimi()
     if num_codebooks is not None:
         cfg = cfg.with_codebooks(num_codebooks)
@@ -134,8 +143,12 @@ def _is_convtr(codec: Codec, key: str) -> bool:
     return isinstance(getattr(codec, part).model[int(idx)], CausalConvTranspose1d)
 
 
-def save_codec(codec: Codec, path: str | Path) -> None:
+def save_codec(codec: Codec | VocoderCodec, path: str | Path) -> None:
     from safetensors.torch import save_file
 
+    if isinstance(codec, VocoderCodec):
+        save_file({k: v.contiguous() for k, v in codec.state_dict().items()}, str(path),
+                  metadata={"codec_kind": "vocoder", "vocoder_config": json.dumps(dataclasses.asdict(codec.cfg))})
+        return
     save_file({k: v.contiguous() for k, v in export_mimi_state_dict(codec).items()}, str(path),
               metadata={"codec_config": config_to_json(codec.cfg)})

@@ -111,6 +111,23 @@ class Codec(nn.Module):
     def num_codebooks(self) -> int:
         return self.cfg.num_codebooks
 
+    @property
+    def bins(self) -> int:
+        return self.cfg.quantizer.bins
+
+    @property
+    def delay(self) -> int:
+        """Samples by which decoded audio lags the input (none: encode and decode are frame-aligned)."""
+        return 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.downsample.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.downsample.weight.dtype
+
     def set_num_codebooks(self, n: int) -> None:
         if not 1 <= n <= self.cfg.quantizer.n_q:
             raise ValueError(f"num_codebooks must be in [1, {self.cfg.quantizer.n_q}], got {n}")
@@ -153,6 +170,11 @@ class Codec(nn.Module):
         x = self.upsample(x, state.upsample)
         x = self.decoder_transformer(x, state.decoder_transformer)
         return self.decoder(x, state.decoder)
+
+    def reset_decoder(self, state: CodecState, mask: torch.Tensor) -> None:
+        """Restart the decoding half of `state` for the masked rows (the encoding half keeps running)."""
+        for part in (state.upsample, state.decoder_transformer, state.decoder):
+            part.reset(mask)
 
     def _check_codes(self, codes: torch.Tensor) -> None:
         if codes.dim() != 3 or codes.dtype not in (torch.int64, torch.int32):
