@@ -223,3 +223,22 @@ def test_codec_size_flags_flow_into_the_lm_config(tmp_path):
     codes = codec.encode(torch.zeros(1, 1, codec.frame_size))
     out = gen.step(codes[..., 0], gen.init_state(1))
     assert out.audio.shape == (1, 8)
+
+
+def test_lm_init_across_codebook_counts_loads_what_matches():
+    """`train lm --init` from an LM of another codebook count: backbone and text weights carry over, the
+    per-codebook tensors of other shapes keep their fresh values and are named."""
+    from agent.default_model import lm_config
+    from agent.training.lm_train import load_matching
+
+    torch.manual_seed(0)
+    old = LMModel(lm_config(codebooks=4))
+    new = LMModel(lm_config(codebooks=8))
+    before = {k: v.clone() for k, v in new.state_dict().items()}
+    fresh = load_matching(new, old.state_dict())
+    own, src = new.state_dict(), old.state_dict()
+    assert fresh and all(k not in src or src[k].shape != own[k].shape for k in fresh)
+    assert all(torch.equal(own[k], before[k]) for k in fresh)
+    carried = [k for k in own if k not in fresh]
+    assert any("text_emb" in k for k in carried) and any("transformer" in k or "layers" in k for k in carried)
+    assert all(torch.equal(own[k], src[k]) for k in carried)
