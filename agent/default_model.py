@@ -1,7 +1,8 @@
 """The embedded default model: its sizes, its text tokenizer, and writing a model folder.
 
-Sized to run several sessions in real time on a 2-core CPU and to ship inside the package (< 60 MB):
-a small Mimi-topology codec with 4 codebooks and a 6-layer Mamba2/attention hybrid LM.
+Sized to run several sessions in real time on a 2-core CPU and to ship inside the package (< 60 MB): a
+6-layer Mamba2/attention hybrid LM sized from its codec. The shipped codec is the vocoder codec (8 codebooks,
+`models.codec.vocoder`); `codec_config` sizes the small Mimi-topology neural codec of earlier rounds.
 """
 
 from __future__ import annotations
