@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from models.checkpoint import CheckpointError, load_checked, read_safetensors, safetensors_metadata
+from models.codec.base import StreamingCodec
 from models.codec.codec import Codec, CodecConfig
 from models.codec.quantizer import QuantizerConfig
 from models.codec.seanet import SEANetConfig
@@ -87,7 +88,7 @@ def config_from_json(text: str) -> CodecConfig:
 
 
 def load_codec(path: str | Path, cfg: CodecConfig | None = None, device: str | torch.device = "cpu",
-               num_codebooks: int | None = None) -> Codec | VocoderCodec:
+               num_codebooks: int | None = None) -> StreamingCodec:
     """Build a codec and load a local safetensors file: a Mimi-layout codec, or our vocoder codec (its file says
     so in its metadata).
 

@@ -2,7 +2,7 @@
 
 encode: SEANet (24 kHz -> 25 Hz) -> transformer -> learnt stride-2 conv (-> 12.5 Hz) -> split RVQ.
 decode: RVQ lookup -> depthwise transposed conv (-> 25 Hz) -> transformer -> SEANet decoder.
-Offline calls are streaming calls over a fresh state, so both give the same codes and audio.
+Offline calls (`StreamingCodec.encode/decode`) are streaming calls over a fresh state.
 """
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
+from models.codec.base import StreamingCodec, check_codebooks
 from models.codec.conv import CausalConv1d, CausalConvTranspose1d, ConvState, ConvTrState
 from models.codec.quantizer import QuantizerConfig, SplitResidualVQ
 from models.codec.seanet import SEANetConfig, SEANetDecoder, SEANetEncoder, StackState
@@ -80,12 +79,11 @@ class CodecState(StreamState):
         return self.downsample.first.shape[0]
 
 
-class Codec(nn.Module):
+class Codec(StreamingCodec):
     def __init__(self, cfg: CodecConfig | None = None):
         super().__init__()
         cfg = cfg or CodecConfig.mimi()
-        if not 1 <= cfg.num_codebooks <= cfg.quantizer.n_q:
-            raise ValueError(f"num_codebooks must be in [1, {cfg.quantizer.n_q}], got {cfg.num_codebooks}")
+        check_codebooks(cfg.num_codebooks, cfg.quantizer.n_q)
         self.cfg = cfg
         dim = cfg.seanet.dimension
         self.encoder = SEANetEncoder(cfg.seanet)
@@ -98,27 +96,13 @@ class Codec(nn.Module):
         self.quantizer = SplitResidualVQ(cfg.quantizer)
         store_linear_weights_transposed(self)
 
-    # -- properties -------------------------------------------------------------------------------
     @property
-    def sample_rate(self) -> int:
-        return self.cfg.sample_rate
-
-    @property
-    def frame_size(self) -> int:
-        return self.cfg.frame_size
-
-    @property
-    def num_codebooks(self) -> int:
-        return self.cfg.num_codebooks
+    def max_codebooks(self) -> int:
+        return self.cfg.quantizer.n_q
 
     @property
     def bins(self) -> int:
         return self.cfg.quantizer.bins
-
-    @property
-    def delay(self) -> int:
-        """Samples by which decoded audio lags the input (none: encode and decode are frame-aligned)."""
-        return 0
 
     @property
     def device(self) -> torch.device:
@@ -128,14 +112,9 @@ class Codec(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.downsample.weight.dtype
 
-    def set_num_codebooks(self, n: int) -> None:
-        if not 1 <= n <= self.cfg.quantizer.n_q:
-            raise ValueError(f"num_codebooks must be in [1, {self.cfg.quantizer.n_q}], got {n}")
-        self.cfg = self.cfg.with_codebooks(n)
-
     # -- streaming --------------------------------------------------------------------------------
     def init_state(self, batch: int = 1, device: torch.device | None = None, chunk: int = 16) -> CodecState:
-        device = device or self.downsample.weight.device
+        device = device or self.device
         return CodecState(
             encoder=self.encoder.init_state(batch, device),
             encoder_transformer=self.encoder_transformer.init_state(batch, device, chunk),
@@ -145,19 +124,9 @@ class Codec(nn.Module):
             decoder=self.decoder.init_state(batch, device),
         )
 
-    def _check_wav(self, wav: torch.Tensor) -> torch.Tensor:
-        if wav.dim() == 2:
-            wav = wav[:, None]
-        if wav.dim() != 3 or wav.shape[1] != 1:
-            raise ValueError(f"expected mono audio shaped [B, 1, T] or [B, T], got {tuple(wav.shape)}")
-        return wav.to(self.downsample.weight.dtype)
-
     def encode_step(self, wav: torch.Tensor, state: CodecState) -> torch.Tensor:
         """wav: [B, 1, k*frame_size] -> codes [B, n_q, k]. Advances `state`."""
-        wav = self._check_wav(wav)
-        T = wav.shape[-1]
-        if T == 0 or T % self.frame_size:
-            raise ValueError(f"streaming encode needs a positive multiple of {self.frame_size} samples, got {T}")
+        wav = self._check_frames(wav)
         x = self.encoder(wav, state.encoder)
         x = self.encoder_transformer(x, state.encoder_transformer)
         x = self.downsample(x, state.downsample)
@@ -175,32 +144,3 @@ class Codec(nn.Module):
         """Restart the decoding half of `state` for the masked rows (the encoding half keeps running)."""
         for part in (state.upsample, state.decoder_transformer, state.decoder):
             part.reset(mask)
-
-    def _check_codes(self, codes: torch.Tensor) -> None:
-        if codes.dim() != 3 or codes.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"expected integer codes [B, K, T], got {codes.dtype} {tuple(codes.shape)}")
-        if codes.shape[1] > self.cfg.quantizer.n_q or codes.shape[1] < 1:
-            raise ValueError(f"codes have {codes.shape[1]} codebooks; this codec has {self.cfg.quantizer.n_q}")
-
-    # -- offline (streaming over all frames on a fresh state) -------------------------------------
-    def encode(self, wav: torch.Tensor) -> torch.Tensor:
-        """wav: [B, 1, T] or [B, T] at 24 kHz -> codes [B, n_q, ceil(T / frame_size)] (zero-padded)."""
-        wav = self._check_wav(wav)
-        pad = (-wav.shape[-1]) % self.frame_size
-        if pad:
-            wav = F.pad(wav, (0, pad))
-        if wav.shape[-1] == 0:
-            raise ValueError("cannot encode empty audio")
-        return self.encode_step(wav, self.init_state(wav.shape[0], chunk=64))
-
-    def validate_codes(self, codes: torch.Tensor) -> None:
-        """Shape and value checks for untrusted codes (host sync: not for the per-frame hot path)."""
-        self._check_codes(codes)
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.cfg.quantizer.bins):
-            raise ValueError(f"code values must lie in [0, {self.cfg.quantizer.bins}): "
-                             "were these codes made with other codec weights?")
-
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, K, T] -> wav [B, 1, T * frame_size]."""
-        self.validate_codes(codes)
-        return self.decode_step(codes, self.init_state(codes.shape[0], chunk=64))

@@ -7,20 +7,21 @@ sound is; each 80 ms frame (four such vectors) is quantized by a residual VQ who
 k-means on the training dialogues (`duplex train codec --kind vocoder`). The decoder rebuilds a pulse train at
 the pitch plus noise, shapes it with the envelope, and overlap-adds 40 ms grains.
 
-Same interface as `Codec` (24 kHz, 12.5 Hz frames of 1920 samples, streaming state per batch slot, offline =
-streaming over a fresh state), so the engine, the slot pool and the LM training use either.
+Same interface as the neural `Codec` (`StreamingCodec`: 24 kHz, 12.5 Hz frames of 1920 samples, streaming state
+per batch slot, offline = streaming over a fresh state), so the engine, the slot pool and the LM training use
+either.
 Decoded audio lags the input by one 20 ms hop (the overlap-add waits for the next grain).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from models.codec.base import StreamingCodec, check_codebooks
 from models.state import StreamState, reset_rows
 
 
@@ -65,8 +66,6 @@ class VocoderConfig:
         return self.subframes * self.features
 
     def with_codebooks(self, n: int) -> VocoderConfig:
-        from dataclasses import replace
-
         return replace(self, num_codebooks=n)
 
 
@@ -101,12 +100,11 @@ class VocoderState(StreamState):
         return self.history.shape[0]
 
 
-class VocoderCodec(nn.Module):
+class VocoderCodec(StreamingCodec):
     def __init__(self, cfg: VocoderConfig | None = None):
         super().__init__()
         cfg = cfg or VocoderConfig()
-        if not 1 <= cfg.num_codebooks <= cfg.n_q:
-            raise ValueError(f"num_codebooks must be in [1, {cfg.n_q}], got {cfg.num_codebooks}")
+        check_codebooks(cfg.num_codebooks, cfg.n_q)
         self.cfg = cfg
         hop, win = cfg.hop, cfg.window
         fb = mel_filterbank(cfg, cfg.n_fft)
@@ -127,18 +125,9 @@ class VocoderCodec(nn.Module):
         self.register_buffer("feature_scale", torch.ones(cfg.frame_dim))
         self.register_buffer("codebooks", torch.zeros(cfg.n_q, cfg.bins, cfg.frame_dim))
 
-    # -- properties shared with Codec ----------------------------------------------------------------
     @property
-    def sample_rate(self) -> int:
-        return self.cfg.sample_rate
-
-    @property
-    def frame_size(self) -> int:
-        return self.cfg.frame_size
-
-    @property
-    def num_codebooks(self) -> int:
-        return self.cfg.num_codebooks
+    def max_codebooks(self) -> int:
+        return self.cfg.n_q
 
     @property
     def bins(self) -> int:
@@ -156,11 +145,6 @@ class VocoderCodec(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.codebooks.dtype
-
-    def set_num_codebooks(self, n: int) -> None:
-        if not 1 <= n <= self.cfg.n_q:
-            raise ValueError(f"num_codebooks must be in [1, {self.cfg.n_q}], got {n}")
-        self.cfg = self.cfg.with_codebooks(n)
 
     def init_state(self, batch: int = 1, device: torch.device | None = None, chunk: int = 16) -> VocoderState:
         device = device or self.device
@@ -237,13 +221,6 @@ class VocoderCodec(nn.Module):
         return z
 
     # -- streaming --------------------------------------------------------------------------------
-    def _check_wav(self, wav: torch.Tensor) -> torch.Tensor:
-        if wav.dim() == 3 and wav.shape[1] == 1:
-            wav = wav[:, 0]
-        if wav.dim() != 2:
-            raise ValueError(f"expected mono audio shaped [B, 1, T] or [B, T], got {tuple(wav.shape)}")
-        return wav.to(self.codebooks.dtype)
-
     def features_step(self, wav: torch.Tensor, state: VocoderState) -> torch.Tensor:
         """wav [B, T] (T a multiple of hop) -> features [B, T / hop, n_mels + 2]. Advances `state.history`."""
         x = torch.cat([state.history, wav], -1)
@@ -252,12 +229,9 @@ class VocoderCodec(nn.Module):
 
     def encode_step(self, wav: torch.Tensor, state: VocoderState) -> torch.Tensor:
         """wav: [B, 1, k*frame_size] -> codes [B, num_codebooks, k]. Advances `state`."""
-        wav = self._check_wav(wav)
-        T = wav.shape[-1]
-        if T == 0 or T % self.frame_size:
-            raise ValueError(f"streaming encode needs a positive multiple of {self.frame_size} samples, got {T}")
+        wav = self._check_frames(wav)[:, 0]
         feats = self.features_step(wav, state)
-        frames = feats.reshape(wav.shape[0], T // self.frame_size, self.cfg.frame_dim)
+        frames = feats.reshape(wav.shape[0], wav.shape[-1] // self.frame_size, self.cfg.frame_dim)
         return self.quantize(self.normalize(frames), self.num_codebooks)
 
     def decode_step(self, codes: torch.Tensor, state: VocoderState) -> torch.Tensor:
@@ -302,32 +276,3 @@ class VocoderCodec(nn.Module):
         """Restart the decoding half of `state` for the masked rows (the encoder's history keeps running)."""
         for t in (state.phase, state.noise_pos, state.excitation, state.tail):
             reset_rows(t, mask)
-
-    def _check_codes(self, codes: torch.Tensor) -> None:
-        if codes.dim() != 3 or codes.dtype not in (torch.int64, torch.int32, torch.int16):
-            raise ValueError(f"expected integer codes [B, K, T], got {codes.dtype} {tuple(codes.shape)}")
-        if not 1 <= codes.shape[1] <= self.cfg.n_q:
-            raise ValueError(f"codes have {codes.shape[1]} codebooks; this codec has {self.cfg.n_q}")
-
-    # -- offline (streaming over all frames on a fresh state) -------------------------------------
-    def encode(self, wav: torch.Tensor) -> torch.Tensor:
-        """wav [B, 1, T] or [B, T] at 24 kHz -> codes [B, num_codebooks, ceil(T / frame_size)] (zero-padded)."""
-        wav = self._check_wav(wav)
-        pad = (-wav.shape[-1]) % self.frame_size
-        if pad:
-            wav = F.pad(wav, (0, pad))
-        if wav.shape[-1] == 0:
-            raise ValueError("cannot encode empty audio")
-        return self.encode_step(wav, self.init_state(wav.shape[0], wav.device))
-
-    def validate_codes(self, codes: torch.Tensor) -> None:
-        """Shape and value checks for untrusted codes (host sync: not for the per-frame hot path)."""
-        self._check_codes(codes)
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.cfg.bins):
-            raise ValueError(f"code values must lie in [0, {self.cfg.bins}): "
-                             "were these codes made with other codec weights?")
-
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, K, T] -> wav [B, 1, T * frame_size]."""
-        self.validate_codes(codes)
-        return self.decode_step(codes, self.init_state(codes.shape[0], codes.device))
