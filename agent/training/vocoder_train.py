@@ -72,12 +72,10 @@ def feature_scaling(frames: torch.Tensor, cfg) -> tuple[torch.Tensor, torch.Tens
 
 
 def nearest(x: torch.Tensor, book: torch.Tensor, chunk: int = 65_536) -> torch.Tensor:
-    parts = []
-    for s in range(0, x.shape[0], chunk):
-        xs = x[s:s + chunk]
-        dist = xs.square().sum(-1, keepdim=True) - 2 * xs @ book.T + book.square().sum(-1)
-        parts.append(dist.argmin(-1))
-    return torch.cat(parts)
+    """The codec's own nearest-code rule, in chunks (the distance matrix of all frames would not fit)."""
+    from models.codec.vocoder import nearest_code
+
+    return torch.cat([nearest_code(x[s:s + chunk], book) for s in range(0, x.shape[0], chunk)])
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int, g: torch.Generator, bar: tqdm | None = None) -> torch.Tensor:

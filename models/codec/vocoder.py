@@ -84,6 +84,12 @@ def mel_filterbank(cfg: VocoderConfig, n_fft: int) -> torch.Tensor:
     return fb.float()
 
 
+def nearest_code(x: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest row of `book` [bins, D] for each vector of x [..., D] (squared Euclidean)."""
+    dist = x.square().sum(-1, keepdim=True) - 2 * x @ book.T + book.square().sum(-1)
+    return dist.argmin(-1)
+
+
 @dataclass
 class VocoderState(StreamState):
     """Per-slot streaming state: the encoder's last half window, the decoder's pulse phase, its position in the
@@ -164,7 +170,8 @@ class VocoderCodec(StreamingCodec):
         return torch.cat([mel, torch.log(f0)[..., None], voicing[..., None]], -1)
 
     def _pitch(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalized autocorrelation pitch: the shortest lag within 0.85 of the best peak (avoids octave drops)."""
+        """Normalized autocorrelation pitch: the first lobe reaching 0.85 of the best peak (avoids octave drops),
+        its maximum refined between lags by a parabola."""
         cfg = self.cfg
         n = windows.shape[-1]
         y = windows - windows.mean(-1, keepdim=True)
@@ -179,7 +186,7 @@ class VocoderCodec(StreamingCodec):
         r = r[..., lo:hi]
         best = r.max(-1, keepdim=True).values
         first = (r >= 0.85 * best).to(torch.int8).argmax(-1, keepdim=True)
-        # the peak of that first lobe (within a quarter period), refined between lags by a parabola
+        # the peak of that first lobe (within a quarter period)
         idx = torch.arange(r.shape[-1], device=r.device)
         lobe = (idx >= first) & (idx + lo <= (first + lo) * 1.25)
         lag = torch.where(lobe, r, torch.full_like(r, -2.0)).argmax(-1, keepdim=True)
@@ -207,8 +214,7 @@ class VocoderCodec(StreamingCodec):
         codes = []
         for q in range(n_q):
             book = self.codebooks[q]
-            dist = residual.square().sum(-1, keepdim=True) - 2 * residual @ book.T + book.square().sum(-1)
-            idx = dist.argmin(-1)
+            idx = nearest_code(residual, book)
             codes.append(idx)
             residual = residual - book[idx]
         return torch.stack(codes, 1)
