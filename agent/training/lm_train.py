@@ -28,6 +28,7 @@ from agent.training.common import (
     seed_everything,
     set_rng_state,
 )
+from agent.training.scenes import render
 
 IGNORE = -100
 
@@ -38,21 +39,47 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--codec", default="runs/codec/codec.safetensors", help="trained codec weights")
     p.add_argument("--frames", type=int, default=80, help="frames per training sequence (80 = 6.4 s)")
     p.add_argument("--export", help="write the trained model folder here (e.g. agent/weights/default)")
-    p.add_argument("--init", help="start a new run from these LM weights (e.g. agent/weights/default/lm.safetensors) "
-                                  "instead of random ones; ignored when the run has a checkpoint. Weights of "
+    p.add_argument("--init", help="start a new run from these LM weights (e.g. agent/weights/default/lm.safetensors, "
+                                  "or another run's lm_train.pt to keep its auxiliary heads too) instead of "
+                                  "random ones; ignored when the run has a checkpoint. Weights of "
                                   "another codebook count load where names and shapes match (the rest start "
                                   "fresh, and are listed)")
     p.add_argument("--aux-weight", type=float, default=0.5,
                    help="weight of the training-only auxiliary losses (question CTC on the user track, scene "
                         "classification); 0 turns them off (default 0.5)")
+    p.add_argument("--kind-weights", default="", type=parse_kind_weights, metavar="KIND=W,...",
+                   help="draw dialogues of these kinds W times as often (e.g. add=3,see=2; kinds: add sub count "
+                        "spell greet see colour howmany silence interrupted); the rest weigh 1")
+    p.add_argument("--fixed-scenes", action="store_true",
+                   help="show each camera dialogue's scene in one fixed layout (rounds 1-4) instead of a freshly "
+                        "drawn layout of the same shapes every time the dialogue is drawn")
     p.set_defaults(handler=run)
+
+
+def parse_kind_weights(spec: str) -> dict[str, float]:
+    """"add=3,see=2" -> {"add": 3.0, "see": 2.0}."""
+    weights = {}
+    for item in filter(None, spec.split(",")):
+        kind, sep, value = item.partition("=")
+        try:
+            weights[kind.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or weights.get(kind.strip(), -1) < 0:
+            raise argparse.ArgumentTypeError(f"expected KIND=WEIGHT (a number >= 0), got {item!r}")
+    return weights
 
 
 class Batcher:
     """Random batches of fixed-length token grids in the generator's delayed layout."""
 
-    def __init__(self, examples, cfg, silence: torch.Tensor, frames: int, rng: random.Random, tokenizer=None):
+    def __init__(self, examples, cfg, silence: torch.Tensor, frames: int, rng: random.Random, tokenizer=None,
+                 kind_weights: dict[str, float] | None = None, fresh_scenes: bool = False):
         self.examples, self.cfg, self.frames, self.rng = examples, cfg, frames, rng
+        # Kinds the model gets wrong most can be drawn more often; None keeps uniform draws (and their RNG stream).
+        self.weights = ([kind_weights.get(e.meta["kind"], 1.0) for e in examples] if kind_weights else None)
+        # A fresh layout per draw: the image encoder must count and name shapes, not remember pictures.
+        self.fresh_scenes = fresh_scenes
         self.tokenizer = tokenizer  # given: batches also carry the auxiliary targets (question ids, scene labels)
         self.silence = silence.long()  # [K] codes of digital silence
         self.delays = torch.tensor(cfg.delays)
@@ -79,7 +106,10 @@ class Batcher:
         return out
 
     def batch(self, n: int):
-        exs = [self.rng.choice(self.examples) for _ in range(n)]
+        if self.weights is None:
+            exs = [self.rng.choice(self.examples) for _ in range(n)]
+        else:
+            exs = self.rng.choices(self.examples, weights=self.weights, k=n)
         G = torch.stack([self.delayed(self.grid(e)) for e in exs])  # [B, R, T]
         s = torch.arange(self.frames)
         inputs = torch.where(s[None, None, :] <= self.delays[None, :, None], self.initial[None, :, None], G)
@@ -89,9 +119,17 @@ class Batcher:
         audio[audio >= self.cfg.card] = IGNORE
         text = targets[:, 0]
         text[text >= self.cfg.text_card] = IGNORE
-        images = [e.image for e in exs]
+        images = [self.image(e) for e in exs]
         aux = self.aux_targets(exs) if self.tokenizer is not None else None
         return inputs[:, :, :-1], targets, images, aux
+
+    def image(self, ex) -> torch.Tensor | None:
+        scene = (ex.meta.get("qa") or {}).get("scene")
+        if ex.image is None or not self.fresh_scenes or not scene:
+            return ex.image
+        img = render(scene["shape"], scene["colour"], scene["count"], size=ex.image.shape[-1],
+                     seed=self.rng.randrange(1 << 31))
+        return torch.from_numpy(img).permute(2, 0, 1).contiguous()
 
     def aux_targets(self, exs):
         from agent.training.aux_heads import AuxTargets, scene_labels
@@ -220,7 +258,12 @@ def run(args) -> int:
     with torch.no_grad():
         silence = codec.encode(torch.zeros(1, 1, codec.frame_size * 4, device=device))[0, :, -1].cpu()
     rng = random.Random(args.seed)
-    batcher = Batcher(examples, cfg, silence, args.frames + 1, rng, tokenizer if aux_heads is not None else None)
+    batcher = Batcher(examples, cfg, silence, args.frames + 1, rng, tokenizer if aux_heads is not None else None,
+                      kind_weights=args.kind_weights, fresh_scenes=not args.fixed_scenes)
+    if args.kind_weights:
+        unknown = set(args.kind_weights) - {e.meta["kind"] for e in examples}
+        if unknown:
+            print(f"warning: --kind-weights names kinds not in the data: {', '.join(sorted(unknown))}")
     params = list(model.parameters()) + (list(aux_heads.parameters()) if aux_heads is not None else [])
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     warm = 200
@@ -253,7 +296,19 @@ def run(args) -> int:
     elif args.init:
         from models.lm import load_lm
 
-        fresh = load_matching(model, load_lm(args.init).state_dict())
+        init = Path(args.init)
+        if init.suffix == ".pt":  # another run's training checkpoint: its LM and its auxiliary heads
+            other = load_checkpoint(init)
+            if other is None or "model" not in other:
+                from agent.cli import UserFacingError
+
+                raise UserFacingError(f"{init} is not an LM training checkpoint (`RUN/lm_train.pt`)")
+            state = other["model"]
+            if aux_heads is not None and "aux" in other:
+                load_matching(aux_heads, other["aux"])
+        else:
+            state = load_lm(init).state_dict()
+        fresh = load_matching(model, state)
         print(f"initialized from {args.init}" + (f"; {len(fresh)} tensors of other shapes start fresh: "
                                                   f"{', '.join(fresh[:6])}{' ...' if len(fresh) > 6 else ''}"
                                                   if fresh else ""))
