@@ -69,7 +69,7 @@ def lm_config(text_card: int = TEXT_VOCAB, codebooks: int = CODEBOOKS) -> LMConf
                     depformer_dim=128, depformer_dim_feedforward=int(4.125 * 128), depformer_num_heads=4,
                     depformer_num_layers=2, mamba=MambaConfig(d_state=32, headdim=32, chunk_size=32),
                     vision=VisionAdapterConfig(xa_dim=128, layers=[5], encoder=dataclasses.asdict(
-                        ImageEncoderConfig(image_size=64, patch=8, dim=128, layers=2, heads=4))))
+                        ImageEncoderConfig(image_size=64, patch=8, dim=128, layers=2, heads=4, summary=1))))
 
 
 def train_tokenizer(out_prefix: Path, text: str = DOMAIN_TEXT, vocab: int = TEXT_VOCAB) -> Path:

@@ -83,6 +83,34 @@ def test_swapping_images_changes_output_deterministically():
     assert torch.equal(a[:6], c[:6]) and not torch.allclose(a[6:], c[6:])  # the swap changes what follows
 
 
+def test_summary_token_joins_the_patch_tokens_and_the_lm_attends_to_it():
+    """The whole-image token (`summary=1`) is one more image token; a model saved without it still loads."""
+    from models.vision.encoder import ImageEncoder
+
+    torch.manual_seed(0)
+    cfg = ImageEncoderConfig(image_size=16, patch=8, dim=16, layers=1, heads=2, summary=1)
+    enc = ImageEncoder(cfg)
+    assert cfg.num_patches == 4 and cfg.num_tokens == 5
+    a, b = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    tokens = enc(a)
+    assert tokens.shape == (2, 5, 16)
+    # the summary depends on the whole image: changing one corner changes it
+    b = a.clone()
+    b[:, :, :8, :8] = 0
+    assert not torch.allclose(enc(b)[:, -1], tokens[:, -1])
+    plain = ImageEncoder(dataclasses.replace(cfg, summary=0))
+    assert plain(a).shape == (2, 4, 16)
+    missing = enc.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("summary") for k in missing)
+    lm_cfg = dataclasses.replace(LMConfig.tiny("MA"), vision=VisionAdapterConfig(
+        xa_dim=16, encoder=dataclasses.asdict(cfg)))
+    model = LMModel(lm_cfg).eval()
+    gen = LMGenerator(model, SamplingConfig.greedy())
+    state = gen.init_state(1)
+    model.set_image(state.backbone, 0, model.encode_image(a[:1])[0])
+    assert gen.step(torch.zeros(1, lm_cfg.dep_q, dtype=torch.long), state).text_logits.isfinite().all()
+
+
 def test_moshivis_layout_loads_with_shared_projection_stored_once():
     model = _vision_lm(layers=[0, 1])
     sd = model.state_dict()

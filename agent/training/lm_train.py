@@ -166,7 +166,8 @@ def lm_loss(model, inputs, targets, images, text_pad_weight: float = 0.5, aux_he
                                  for im in images]).to(inputs.device).float() / 255
             tokens = model.encode_image(stack)
             if use_aux:
-                scene_loss = aux_heads.scene_loss(tokens, aux.scene)
+                summary = model.image_encoder.cfg.summary  # the whole-image tokens must name the scene
+                scene_loss = aux_heads.scene_loss(tokens[:, -summary:] if summary else tokens, aux.scene)
             keys, values = model.transformer.shared_xa.project_kv(tokens)
             state.vision = VisionState(keys=keys, values=values, present=present, gate=state.vision.gate)
     hidden, text_logits = model.forward_text(inputs, state)

@@ -37,6 +37,8 @@ class VocoderConfig:
     f0_min: float = 60.0
     f0_max: float = 400.0
     voiced_below: float = 4000.0  # voiced frames mix pulses below this frequency, mostly noise above
+    contrast: float = 0.0  # decoder post-filter: log band energies pushed this far from their local mean
+    contrast_bands: int = 5  # width of that local mean, in mel bands
     n_q: int = 8
     bins: int = 256
     num_codebooks: int = 8
@@ -251,7 +253,7 @@ class VocoderCodec(StreamingCodec):
         """features [B, N, n_mels + 2] -> wav [B, N * hop]: one 40 ms grain per 20 ms, overlap-added."""
         cfg, hop = self.cfg, self.cfg.hop
         B, N, _ = feats.shape
-        mel = feats[..., : cfg.n_mels]
+        mel = self.enhance(feats[..., : cfg.n_mels])
         f0 = torch.exp(feats[..., cfg.n_mels]).clamp(cfg.f0_min * 0.8, cfg.f0_max * 1.25)
         voicing = feats[..., cfg.n_mels + 1].clamp(0, 1)
         # excitation: a continuous-phase pulse train (unit mean power) and a deterministic noise table
@@ -277,6 +279,18 @@ class VocoderCodec(StreamingCodec):
         regions[:, 0] += state.tail
         state.tail.copy_(regions[:, -1])
         return regions[:, :-1].reshape(B, N * hop)
+
+    def enhance(self, mel: torch.Tensor) -> torch.Tensor:
+        """Spectral contrast post-filter (as speech codecs' formant post-filters do): quantization averages
+        envelopes, which flattens formant peaks; pushing each band away from its neighbours' mean restores
+        them, and each 20 ms vector keeps its total energy."""
+        if self.cfg.contrast <= 0:
+            return mel
+        k = self.cfg.contrast_bands
+        flat = mel.reshape(-1, 1, mel.shape[-1])
+        local = F.avg_pool1d(F.pad(flat, (k // 2, k // 2), mode="replicate"), k, 1).reshape(mel.shape)
+        out = mel + self.cfg.contrast * (mel - local)
+        return out + (torch.logsumexp(mel, -1, keepdim=True) - torch.logsumexp(out, -1, keepdim=True))
 
     def reset_decoder(self, state: VocoderState, mask: torch.Tensor) -> None:
         """Restart the decoding half of `state` for the masked rows (the encoder's history keeps running)."""

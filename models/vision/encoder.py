@@ -17,10 +17,15 @@ class ImageEncoderConfig:
     layers: int = 2
     heads: int = 4
     mlp_ratio: float = 4.0
+    summary: int = 0  # extra tokens computed from the whole image (see ImageEncoder)
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch) ** 2
 
     @property
     def num_tokens(self) -> int:
-        return (self.image_size // self.patch) ** 2
+        return self.num_patches + self.summary
 
 
 class _Block(nn.Module):
@@ -51,12 +56,23 @@ class ImageEncoder(nn.Module):
         if cfg.image_size % cfg.patch:
             raise ValueError("image_size must be a multiple of patch")
         self.patch_embed = nn.Conv2d(3, cfg.dim, cfg.patch, stride=cfg.patch)
-        self.pos_embed = nn.Parameter(torch.randn(1, cfg.num_tokens, cfg.dim) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(1, cfg.num_patches, cfg.dim) * 0.02)
         self.blocks = nn.ModuleList([_Block(cfg) for _ in range(cfg.layers)])
         self.norm = nn.LayerNorm(cfg.dim)
+        if cfg.summary:
+            # Cross-attention averages the tokens it attends to, so "how many" is invisible to it when every
+            # object's tokens look alike: a token computed from the whole image can carry the count.
+            hidden = int(cfg.dim * cfg.mlp_ratio)
+            self.summary_mlp = nn.Sequential(nn.Linear(cfg.dim, hidden), nn.GELU(),
+                                             nn.Linear(hidden, cfg.summary * cfg.dim))
+            self.summary_norm = nn.LayerNorm(cfg.dim)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed((images - 0.5) / 0.5).flatten(2).transpose(1, 2) + self.pos_embed
         for block in self.blocks:
             x = block(x)
-        return self.norm(x)
+        x = self.norm(x)
+        if not self.cfg.summary:
+            return x
+        summary = self.summary_mlp(x.mean(1)).view(x.shape[0], self.cfg.summary, x.shape[-1])
+        return torch.cat([x, self.summary_norm(summary)], 1)
