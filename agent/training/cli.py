@@ -17,9 +17,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--held-out", action="store_true",
                        help="use the held-out user voice (flite rms) for an evaluation set")
-    synth.add_argument("--voices", choices=["base", "wide"], default="base",
-                       help="training user voices: base (12 espeak/flite voices) or wide (every espeak-ng English "
-                            "accent x speaker variant, speeds and pitches, and the flite voices; default base)")
+    synth.add_argument("--voices", choices=["base", "wide", "wider"], default="base",
+                       help="training user voices: base (12 espeak/flite voices), wide (every espeak-ng English "
+                            "accent x speaker variant, speeds and pitches, and the flite voices) or wider (wide "
+                            "plus festival and piper voices; needs scripts/setup.sh --train); default base")
     synth.add_argument("--augment", action="store_true",
                        help="warp each dialogue's user speech in tempo/pitch (0.88-1.14x) and vary the noise floor")
     synth.set_defaults(handler=_synth)

