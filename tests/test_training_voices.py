@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from agent.training.synth import VOICE_POOLS
-from agent.training.tts import HELD_OUT_VOICE, TTSError, Voice, synthesize
+from agent.training.tts import HELD_OUT_VOICE, TTSError, Voice, check_engines, synthesize
 
 
 def test_no_pool_contains_the_held_out_voice():
@@ -30,6 +30,20 @@ def test_wider_pool_adds_other_engines_without_dropping_the_wide_one():
 def test_unknown_engine_is_a_clear_error():
     with pytest.raises(TTSError, match="unknown TTS engine"):
         synthesize("hello", Voice("nope", "x"))
+
+
+def test_missing_engine_is_named_before_any_dialogue_is_written(tmp_path, monkeypatch):
+    import shutil as shutil_module
+
+    from agent.training.synth import synth_dataset
+
+    real_which = shutil_module.which
+    monkeypatch.setattr(shutil_module, "which", lambda p: None if p == "text2wave" else real_which(p))
+    with pytest.raises(TTSError, match="text2wave.*setup.sh --train"):
+        check_engines([Voice("festival", "kal_diphone")])
+    with pytest.raises(TTSError, match="setup.sh --train"):
+        synth_dataset(tmp_path / "d", 4, seed=0, voices="wider")
+    assert not list((tmp_path / "d").glob("shard_*"))
 
 
 def _speech_checks(voice: Voice) -> None:

