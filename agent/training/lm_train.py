@@ -50,6 +50,10 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kind-weights", default="", type=parse_kind_weights, metavar="KIND=W,...",
                    help="draw dialogues of these kinds W times as often (e.g. add=3,see=2; kinds: add sub count "
                         "spell greet see colour howmany silence interrupted); the rest weigh 1")
+    p.add_argument("--speaker-warps", type=int, default=0, metavar="N",
+                   help="also encode each dialogue's user track as said by N speakers drawn in the vocoder "
+                        "codec's feature space (formant shift, tilt, channel colour, pitch); each draw of a "
+                        "dialogue then picks one of its N + 1 versions (default 0: the recorded voice only)")
     p.add_argument("--fixed-scenes", action="store_true",
                    help="show each camera dialogue's scene in one fixed layout (rounds 1-4) instead of a freshly "
                         "drawn layout of the same shapes every time the dialogue is drawn")
@@ -95,8 +99,16 @@ class Batcher:
         t = min(T, ex.text.shape[0])
         g[0, :t] = ex.text[:t]
         g[1:1 + K, :t] = ex.agent[:K, :t].long()
-        g[1 + K:, :t] = ex.user[:K, :t].long()
+        g[1 + K:, :t] = self.user_codes(ex)[:K, :t].long()
         return g
+
+    def user_codes(self, ex) -> torch.Tensor:
+        """The recorded user track, or one of its drawn speakers (each version equally likely)."""
+        alts = getattr(ex, "alt_users", None)
+        if alts is None:
+            return ex.user
+        pick = self.rng.randrange(alts.shape[0] + 1)
+        return ex.user if pick == 0 else alts[pick - 1]
 
     def delayed(self, g: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(g)
@@ -255,7 +267,17 @@ def run(args) -> int:
         image_dim = model.image_encoder.cfg.dim if model.image_encoder is not None else None
         aux_heads = AuxHeads(cfg.dim, cfg.text_card, image_dim).to(device).train()
     image_size = model.image_encoder.cfg.image_size if model.image_encoder is not None else 64
-    examples = load_or_encode(data_folders(args.data), run_dir / "examples.pt", codec, tokenizer, image_size)
+    if args.speaker_warps:
+        from agent.cli import UserFacingError
+        from models.codec.vocoder import VocoderCodec
+
+        if args.speaker_warps < 0:
+            raise UserFacingError("--speaker-warps must be 0 or more")
+        if not isinstance(codec, VocoderCodec):
+            raise UserFacingError(f"--speaker-warps needs a vocoder codec (`duplex train codec --kind vocoder`); "
+                                  f"{codec_path} is a neural codec")
+    examples = load_or_encode(data_folders(args.data), run_dir / "examples.pt", codec, tokenizer, image_size,
+                              speaker_warps=args.speaker_warps)
     with torch.no_grad():
         silence = codec.encode(torch.zeros(1, 1, codec.frame_size * 4, device=device))[0, :, -1].cpu()
     rng = random.Random(args.seed)
