@@ -104,11 +104,10 @@ class Batcher:
 
     def user_codes(self, ex) -> torch.Tensor:
         """The recorded user track, or one of its drawn speakers (each version equally likely)."""
-        alts = getattr(ex, "alt_users", None)
-        if alts is None:
+        if ex.alt_users is None:  # also examples cached before drawn speakers existed (the field's default)
             return ex.user
-        pick = self.rng.randrange(alts.shape[0] + 1)
-        return ex.user if pick == 0 else alts[pick - 1]
+        pick = self.rng.randrange(ex.alt_users.shape[0] + 1)
+        return ex.user if pick == 0 else ex.alt_users[pick - 1]
 
     def delayed(self, g: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(g)

@@ -62,15 +62,9 @@ def encode_warped(codec, wav: torch.Tensor, warps: list[list[SpeakerWarp]]) -> l
     if not isinstance(codec, VocoderCodec):
         raise ValueError("speaker warps need the vocoder codec (features it can re-quantize)")
     B = wav.shape[0]
-    cfg = codec.cfg
     feats = codec.features_step(wav, codec.init_state(B, device=wav.device))  # [B, N, F]
-    frames = wav.shape[-1] // codec.frame_size
-
-    def codes(f: torch.Tensor) -> torch.Tensor:
-        return codec.quantize(codec.normalize(f.reshape(B, frames, cfg.frame_dim)), codec.num_codebooks)
-
-    out = [codes(feats)]
+    out = [codec.encode_features(feats)]
     for j in range(len(warps[0]) if warps else 0):
-        warped = torch.stack([warps[b][j].apply(feats[b], cfg.n_mels) for b in range(B)])
-        out.append(codes(warped))
+        warped = torch.stack([warps[b][j].apply(feats[b], codec.cfg.n_mels) for b in range(B)])
+        out.append(codec.encode_features(warped))
     return out

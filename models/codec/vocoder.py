@@ -238,8 +238,12 @@ class VocoderCodec(StreamingCodec):
     def encode_step(self, wav: torch.Tensor, state: VocoderState) -> torch.Tensor:
         """wav: [B, 1, k*frame_size] -> codes [B, num_codebooks, k]. Advances `state`."""
         wav = self._check_frames(wav)[:, 0]
-        feats = self.features_step(wav, state)
-        frames = feats.reshape(wav.shape[0], wav.shape[-1] // self.frame_size, self.cfg.frame_dim)
+        return self.encode_features(self.features_step(wav, state))
+
+    def encode_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """features [B, k * subframes, n_mels + 2] -> codes [B, num_codebooks, k]: the quantizing half of
+        `encode_step`, for features changed between analysis and quantization (training's drawn speakers)."""
+        frames = feats.reshape(feats.shape[0], feats.shape[1] // self.cfg.subframes, self.cfg.frame_dim)
         return self.quantize(self.normalize(frames), self.num_codebooks)
 
     def decode_step(self, codes: torch.Tensor, state: VocoderState) -> torch.Tensor:
