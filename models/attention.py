@@ -61,10 +61,6 @@ class KVCacheState(StreamState):
 def _append_and_mask(k, v, cache: KVCacheState, context: int, pos_q: torch.Tensor) -> torch.Tensor:
     """Write this chunk's keys/values/positions into the ring -> mask [B, 1, T, capacity] of what each query sees."""
     B, H, T, D = k.shape
-    if T == 1 and fused_ok(k):  # streaming inference on a GPU: one launch
-        from models.kernels.attention_triton import append_kv_and_mask
-
-        return append_kv_and_mask(k, v, cache, context, pos_q)
     index = pos_q % cache.capacity  # [B, T]
     cache.keys.scatter_(2, index.view(B, 1, T, 1).expand(B, H, T, D), k)
     cache.values.scatter_(2, index.view(B, 1, T, 1).expand(B, H, T, D), v)
@@ -83,6 +79,12 @@ def streaming_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache
                         context: int, rope_max_period: float | None) -> torch.Tensor:
     """q: [B, H, T, D], k/v: [B, H_kv, T, D] for the T steps following `cache.offset`. Updates the cache."""
     T = q.shape[2]
+    if (T == 1 or cache.chunk == 1) and fused_ok(q):  # streaming on a GPU: two launches per step
+        from models.kernels.attention_triton import decode_attention
+
+        outs = [decode_attention(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], cache, context,
+                                 rope_max_period) for t in range(T)]  # each step advances the offset
+        return outs[0] if T == 1 else torch.cat(outs, dim=2)
     pos = cache.offset[:, None] + torch.arange(T, device=q.device)  # [B, T]
     if rope_max_period is not None:
         rotate = rope_rotate

@@ -166,49 +166,98 @@ def test_codec_streaming_on_the_fused_path_matches_the_reference_path():
     assert (outs[0][1] - outs[1][1]).abs().max() < 1e-4
 
 
-def test_fused_kv_append_and_mask_matches_reference():
-    """Over a ring that wraps (capacity 6, 15 steps), with slots at different offsets and GQA-shaped k/v."""
-    from models.attention import KVCacheState, _append_and_mask
-    from models.kernels.attention_triton import append_kv_and_mask
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("kv_heads, rope", [(4, 10_000.0), (2, 10_000.0), (4, None)])
+def test_fused_decode_attention_matches_reference(splits, kv_heads, rope):
+    """Over a ring that wraps (capacity 130 in three 64-entry blocks, context 100 < capacity, so the window
+    test matters), rows at different offsets, MHA and GQA, with and without rotary embedding, the ring read
+    whole or in splits: output, keys, values, positions and offsets all match the PyTorch path."""
+    from models.attention import KVCacheState, streaming_attention
+    from models.kernels import reference_path
+    from models.kernels.attention_triton import decode_attention
 
-    B, H, D, context = 3, 2, 16, 6
-    ref = KVCacheState.create(B, H, D, context, 1, device="cpu")
-    fused = KVCacheState.create(B, H, D, context, 1, device=DEVICE)
-    ref.offset.copy_(torch.tensor([0, 4, 11]))
+    B, H, D, context, cap = 3, 4, 16, 100, 130
+    ref = KVCacheState.create(B, kv_heads, D, cap, 1, device="cpu")
+    fused = KVCacheState.create(B, kv_heads, D, cap, 1, device=DEVICE)
+    ref.offset.copy_(torch.tensor([0, 40, 125]))
     fused.offset.copy_(ref.offset)
     g = torch.Generator().manual_seed(0)
-    for _ in range(15):
-        kv = torch.randn(B, 5, 2 * H * D, generator=g)[:, 2:3]  # strided rows, as projected
-        k = kv[..., :H * D].view(B, 1, H, D).transpose(1, 2)
-        v = kv[..., H * D:].view(B, 1, H, D).transpose(1, 2)
-        want = _append_and_mask(k, v, ref, context, ref.offset[:, None])
-        got = append_kv_and_mask(k.to(DEVICE), v.to(DEVICE), fused, context, fused.offset[:, None])
-        assert got.dtype == k.dtype and torch.equal(got.cpu() == 0, want) and torch.isinf(got[got != 0]).all()
-        for a, b in [(fused.keys, ref.keys), (fused.values, ref.values), (fused.positions, ref.positions)]:
-            assert torch.equal(a.cpu(), b)
-        ref.offset.add_(1)
-        fused.offset.add_(1)
+    for step in range(150):
+        qkv = torch.randn(B, 1, (H + 2 * kv_heads) * D, generator=g)  # strided heads, as projected
+        q = qkv[..., :H * D].view(B, 1, H, D).transpose(1, 2)
+        k = qkv[..., H * D:(H + kv_heads) * D].view(B, 1, kv_heads, D).transpose(1, 2)
+        v = qkv[..., (H + kv_heads) * D:].view(B, 1, kv_heads, D).transpose(1, 2)
+        with reference_path():
+            want = streaming_attention(q, k, v, ref, context, rope)
+        qkv_d = qkv.to(DEVICE)
+        got = decode_attention(qkv_d[..., :H * D].view(B, 1, H, D).transpose(1, 2),
+                               qkv_d[..., H * D:(H + kv_heads) * D].view(B, 1, kv_heads, D).transpose(1, 2),
+                               qkv_d[..., (H + kv_heads) * D:].view(B, 1, kv_heads, D).transpose(1, 2),
+                               fused, context, rope, splits=splits)
+        if step % 7 == 0 or step > 140:
+            assert got.shape == want.shape and (got.cpu() - want).abs().max() < 1e-5, step
+            for a, b in [(fused.keys, ref.keys), (fused.values, ref.values)]:
+                assert (a.cpu() - b).abs().max() < 1e-5  # float32 angles of positions up to 275
+            assert torch.equal(fused.positions.cpu(), ref.positions) and torch.equal(fused.offset.cpu(), ref.offset)
 
 
-def test_fused_kv_append_takes_positions_from_the_caller():
-    """A streaming chunk loop (the codec: 2 steps per frame, chunk 1) writes step offset+1 before the offset
-    moves: the kernel must use the positions it is given."""
-    from models.attention import KVCacheState, _append_and_mask
-    from models.kernels.attention_triton import append_kv_and_mask
+def test_fused_decode_attention_in_bfloat16():
+    """The model's dtype on a GPU: keys stored rounded as the PyTorch path rounds them; output within bf16."""
+    from models.attention import KVCacheState, streaming_attention
+    from models.kernels import reference_path
+    from models.kernels.attention_triton import decode_attention
+
+    B, H, D, context = 2, 2, 32, 20
+    ref = KVCacheState.create(B, H, D, context, 1, device="cpu", dtype=torch.bfloat16)
+    fused = KVCacheState.create(B, H, D, context, 1, device=DEVICE, dtype=torch.bfloat16)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(30):
+        q, k, v = (torch.randn(B, H, 1, D, generator=g).bfloat16() for _ in range(3))
+        with reference_path():
+            want = streaming_attention(q, k, v, ref, context, 10_000.0)
+        got = decode_attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), fused, context, 10_000.0, splits=2)
+        assert (got.float().cpu() - want.float()).abs().max() < 3e-2
+    assert (fused.keys.float().cpu() - ref.keys.float()).abs().max() <= 2**-7 * ref.keys.float().abs().max()
+    assert torch.equal(fused.values.cpu(), ref.values) and torch.equal(fused.positions.cpu(), ref.positions)
+
+
+def test_fused_codec_chunk_loop_steps_each_position():
+    """The codec steps its transformer twice per frame through a chunk-1 cache: each step must see its own
+    position and the one before it (the fused path advances the offset per step)."""
+    from models.attention import KVCacheState, streaming_attention
+    from models.kernels import fused_path, reference_path
 
     ref = KVCacheState.create(2, 2, 8, 5, 1, device="cpu")
     fused = KVCacheState.create(2, 2, 8, 5, 1, device=DEVICE)
     for _ in range(4):
-        k, v = torch.randn(2, 2, 2, 8), torch.randn(2, 2, 2, 8)
-        pos = ref.offset[:, None] + torch.arange(2)
-        for t in range(2):
-            want = _append_and_mask(k[:, :, t:t + 1], v[:, :, t:t + 1], ref, 5, pos[:, t:t + 1])
-            got = append_kv_and_mask(k[:, :, t:t + 1].to(DEVICE), v[:, :, t:t + 1].to(DEVICE), fused, 5,
-                                     pos[:, t:t + 1].to(DEVICE))
-            assert torch.equal(got.cpu() == 0, want)
-        assert torch.equal(fused.keys.cpu(), ref.keys) and torch.equal(fused.positions.cpu(), ref.positions)
-        ref.offset.add_(2)
-        fused.offset.add_(2)
+        q, k, v = torch.randn(2, 2, 2, 8), torch.randn(2, 2, 2, 8), torch.randn(2, 2, 2, 8)
+        with reference_path():
+            want = streaming_attention(q, k, v, ref, 5, 10_000.0)
+        with fused_path():
+            got = streaming_attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), fused, 5, 10_000.0)
+        assert (got.cpu() - want).abs().max() < 1e-5
+        assert torch.equal(fused.positions.cpu(), ref.positions) and torch.equal(fused.offset.cpu(), ref.offset)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_fused_depformer_substep_attention_matches_reference(kv_heads):
+    from models.kernels import fused_path, reference_path
+    from models.lm.layers import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(32, 4, kv_heads=kv_heads, steps=5).to(DEVICE)
+    scratch = {path: torch.full((2, 2, kv_heads, 5, 8), float("nan"), device=DEVICE)  # unwritten entries: NaN
+               for path in (fused_path, reference_path)}
+    for step in range(5):
+        x = torch.randn(2, 1, 32, device=DEVICE)
+        outs = {}
+        for path in (fused_path, reference_path):
+            with path():
+                outs[path] = attn.forward_substep(x, scratch[path], step)
+        assert not outs[fused_path].isnan().any()
+        assert (outs[fused_path] - outs[reference_path]).abs().max() < 1e-5
+        written = scratch[reference_path][:, :, :, :step + 1]
+        assert torch.equal(scratch[fused_path][:, :, :, :step + 1], written)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -29,6 +29,21 @@ def _cuda_time(fn, iters: int = 20, warmup: int = 3) -> list[float]:
     return out
 
 
+def _graph_of(fn, repeat: int = 32):
+    """`fn` called `repeat` times, captured in one CUDA graph: replay() costs what a frame-step graph pays for
+    it (no Python or launch overhead), `repeat` times over."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(repeat):
+            fn()
+    return graph.replay
+
+
 def copy_bandwidth() -> float:
     """Measured device-to-device bandwidth in bytes/s (read + write)."""
     x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
@@ -58,6 +73,38 @@ def bench_mamba_layer(batches=(1, 64, 256)) -> None:
             fused = _cuda_time(lambda u=u, c=conv_pool, s=ssm_pool, i=slots: mamba2_step_fused(mixer, u[:, 0], c, s, i))
         r, f = statistics.median(ref), statistics.median(fused)
         print(f"  batch {b:4d}: reference PyTorch {r:7.3f} ms  fused Triton {f:7.3f} ms  speed-up {r / f:5.2f}x")
+
+
+def _attention_step_ms(batch: int, context: int, heads: int, head_dim: int) -> tuple[float, float, int]:
+    """(SDPA alone, our whole step) in ms per call, and the k/v bytes one step reads, over a full ring."""
+    import torch.nn.functional as F
+
+    from models.attention import KVCacheState
+    from models.kernels.attention_triton import decode_attention
+
+    cache = KVCacheState.create(batch, heads, head_dim, context, 1, device="cuda", dtype=torch.bfloat16)
+    cache.keys.normal_()
+    cache.values.normal_()
+    cache.positions.copy_(torch.arange(context, device="cuda"))
+    cache.offset.fill_(context)
+    q, k, v = (torch.randn(batch, heads, 1, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    mask = torch.zeros(batch, 1, 1, context, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():  # each in a CUDA graph of 32 calls, as inside the frame step's graph
+        sdpa = _cuda_time(_graph_of(lambda: F.scaled_dot_product_attention(q, cache.keys, cache.values,
+                                                                           attn_mask=mask)))
+        ours = _cuda_time(_graph_of(lambda: decode_attention(q, k, v, cache, context, 10_000.0)))
+    return statistics.median(sdpa) / 32, statistics.median(ours) / 32, 2 * cache.keys.numel() * 2
+
+
+def bench_attention_step(batches=(1, 16, 64), context: int = 3000, heads: int = 32, head_dim: int = 128) -> None:
+    """One attention layer's frame step over a full 3000-entry ring (Moshi 7B's shape): our one-query kernel
+    (rotary, ring append, window test, split reads, merge) vs SDPA alone over the ring with a ready mask."""
+    bw = copy_bandwidth()
+    print(f"attention step, {heads} heads x {head_dim}, ring {context} full, bf16, per call inside a CUDA graph")
+    for b in batches:
+        sdpa, ours, kv_bytes = _attention_step_ms(b, context, heads, head_dim)
+        print(f"  batch {b:3d}: SDPA alone {sdpa:7.3f} ms  ours (whole step) {ours:7.3f} ms  ratio "
+              f"{ours / sdpa:5.2f}x  floor (k/v bytes / bandwidth) {kv_bytes / bw * 1e3:6.3f} ms")
 
 
 def random_lm(config: str):
@@ -190,6 +237,7 @@ def run_gpu_bench(args) -> int:
         return 0
     print(f"device: {torch.cuda.get_device_name()}")
     bench_mamba_layer()
+    bench_attention_step()
     if args.skip_lm:
         return 0
     ref = bench_reference_moshi_7b()

@@ -56,10 +56,28 @@ def count_launches(reference: bool = False) -> Counter:
                 counts[f"triton:{name}"] += 1
         return wrapped
 
+    class CountedKernel:  # a Triton kernel whose every launch is counted: kernel[grid](...)
+        def __init__(self, kernel, name):
+            self.kernel, self.name = kernel, name
+
+        def __getitem__(self, grid):
+            launch = self.kernel[grid]
+
+            def run(*args, **kwargs):
+                inside_kernel[0] = True
+                try:
+                    return launch(*args, **kwargs)
+                finally:
+                    inside_kernel[0] = False
+                    counts[f"triton:{self.name}"] += 1
+            return run
+
     if not reference:
+        for name in ("_decode_kernel", "_merge_kernel"):
+            setattr(attention_k, name, CountedKernel(getattr(attention_k, name), name.strip("_")))
         for mod, name, users in [(mamba_k, "rmsnorm", [layers]), (mamba_k, "silu_gate", [layers]),
                                  (mamba_k, "add_rmsnorm", [layers]), (embedding_k, "embed_into", [model_mod]),
-                                 (rope_k, "rope_fused", []), (attention_k, "append_kv_and_mask", []),
+                                 (rope_k, "rope_fused", []),
                                  (sampling_k, "sample_fused", []), (mamba_k, "mamba2_step_fused", [])]:
             fn = one_launch(getattr(mod, name), name)
             setattr(mod, name, fn)

@@ -112,16 +112,23 @@ class Attention(nn.Module):
 
     def forward_substep(self, x: torch.Tensor, kv: torch.Tensor, step: int) -> torch.Tensor:
         """Depformer sub-step `step` (x [B, 1, C]): kv [B, 2, H, steps, D] holds the keys and values of sub-steps
-        0..step-1 of this frame at their own index; this one's go to index `step` (one copy). The index is a
-        Python int, so there are no positions, scatters or masks: a handful of launches per layer (they add up
-        over dep_q x layers)."""
+        0..step-1 of this frame at their own index; this one's go to index `step`. The index is a Python int, so
+        there are no positions, scatters or masks; on a GPU the write and the attention are one launch (they add
+        up over dep_q x layers)."""
         B, T, _ = x.shape
         qkv = self._qkv(x, step)
         q_dim = self.num_heads * self.head_dim
         q = qkv[..., :q_dim].view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        if fused_ok(qkv):  # one launch: write this sub-step's key/value, attend
+            from models.kernels.attention_triton import substep_attention
+
+            new = qkv[..., q_dim:].view(B, T, 2, self.kv_heads, self.head_dim)
+            y = substep_attention(q, new[:, :, 0].transpose(1, 2), new[:, :, 1].transpose(1, 2), kv, step)
+            return self._output(y, step)
         kv[:, :, :, step:step + 1].copy_(qkv[..., q_dim:].view(B, T, 2, self.kv_heads, self.head_dim)
                                          .permute(0, 2, 3, 1, 4))
-        y = F.scaled_dot_product_attention(q, kv[:, 0, :, :step + 1], kv[:, 1, :, :step + 1])
+        y = F.scaled_dot_product_attention(q, kv[:, 0, :, :step + 1], kv[:, 1, :, :step + 1],
+                                           enable_gqa=self.kv_heads != self.num_heads)
         return self._output(y, step)
 
     def init_cache(self, batch: int, context: int, device, dtype, chunk: int = 1) -> KVCacheState:
