@@ -41,7 +41,7 @@ if HAVE_TRITON:
                        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
         bh = tl.program_id(0)
         s = tl.program_id(1)
-        b = bh // H
+        b = (bh // H).to(tl.int64)  # a pool of many sessions' rings can pass 2**31 elements
         h = bh % H
         hk = h // G
         i = tl.arange(0, BLOCK_D)  # pair index: rotary pairs are (2i, 2i + 1)
