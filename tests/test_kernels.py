@@ -260,6 +260,21 @@ def test_fused_depformer_substep_attention_matches_reference(kv_heads):
         assert torch.equal(scratch[fused_path][:, :, :, :step + 1], written)
 
 
+def test_gpu_path_attends_in_two_launches_per_layer_and_one_per_substep():
+    """The batch-1 frame step of a Moshi-shaped LM (32 layers, 8 x 6 depformer sub-steps), counted through the
+    dispatcher: every attention is our kernel (no SDPA, rotary, scatter or mask ops left), and the step
+    launches at most a fifth of what the PyTorch path does."""
+    from agent.benchmarks.launches import count_launches
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("counts on CPU tensors, through Triton's interpreter")
+    fused, reference = count_launches(), count_launches(reference=True)
+    assert fused["triton:decode_kernel"] == 32 + 8 * 6 and fused["triton:merge_kernel"] == 32
+    assert not [name for name in fused if "attention" in name or name in ("triton:rope_fused", "arange")]
+    assert sum(fused.values()) <= 0.2 * sum(reference.values())
+    assert count_launches() == fused  # the counting hooks were taken off again
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_embedding_accumulates_and_zeroes_missing_tokens(dtype):
     from models.kernels.embedding_triton import embed_into

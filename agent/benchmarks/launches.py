@@ -72,27 +72,36 @@ def count_launches(reference: bool = False) -> Counter:
                     counts[f"triton:{self.name}"] += 1
             return run
 
+    patched: list[tuple[object, str, object]] = []  # (module, name, original): put back when done
+
+    def patch(mod, name, value) -> None:
+        patched.append((mod, name, getattr(mod, name)))
+        setattr(mod, name, value)
+
     if not reference:
         for name in ("_decode_kernel", "_merge_kernel"):
-            setattr(attention_k, name, CountedKernel(getattr(attention_k, name), name.strip("_")))
+            patch(attention_k, name, CountedKernel(getattr(attention_k, name), name.strip("_")))
         for mod, name, users in [(mamba_k, "rmsnorm", [layers]), (mamba_k, "silu_gate", [layers]),
                                  (mamba_k, "add_rmsnorm", [layers]), (embedding_k, "embed_into", [model_mod]),
                                  (rope_k, "rope_fused", []),
                                  (sampling_k, "sample_fused", []), (mamba_k, "mamba2_step_fused", [])]:
             fn = one_launch(getattr(mod, name), name)
-            setattr(mod, name, fn)
-            for user in users:
-                setattr(user, name, fn)
-    cfg = LMConfig(dim=64, num_heads=4, num_layers=32, context=3000, text_card=32000, depformer_dim=32,
-                   depformer_dim_feedforward=132, depformer_num_heads=2, depformer_num_layers=6)
-    gen = LMGenerator(LMModel(cfg).eval(), SamplingConfig())
-    state = gen.init_state(1)
-    codes = torch.zeros(1, cfg.user_streams, dtype=torch.long)
-    with torch.no_grad(), (reference_path() if reference else fused_path()):
-        gen.step(codes, state)
-        counts.clear()
-        with Hook():
+            for target in (mod, *users):
+                patch(target, name, fn)
+    try:
+        cfg = LMConfig(dim=64, num_heads=4, num_layers=32, context=3000, text_card=32000, depformer_dim=32,
+                       depformer_dim_feedforward=132, depformer_num_heads=2, depformer_num_layers=6)
+        gen = LMGenerator(LMModel(cfg).eval(), SamplingConfig())
+        state = gen.init_state(1)
+        codes = torch.zeros(1, cfg.user_streams, dtype=torch.long)
+        with torch.no_grad(), (reference_path() if reference else fused_path()):
             gen.step(codes, state)
+            counts.clear()
+            with Hook():
+                gen.step(codes, state)
+    finally:
+        for mod, name, original in reversed(patched):
+            setattr(mod, name, original)
     return counts
 
 
