@@ -2,7 +2,7 @@
 
 At batch 1 a frame step is launch-bound, so the launch count is the figure to drive down between GPU runs.
 `python -m agent.benchmarks.launches [--reference]` builds a Moshi-shaped LM (32 layers, 8 depformer sub-steps
-x 6 layers; tiny widths, since the count depends on structure, not width), forces the fused path on
+x 6 layers; tiny widths and a short context, since the count depends on structure, not size), forces the fused path on
 (`models.kernels.fused_path`; its Triton kernels run through Triton's CPU interpreter), and counts every aten
 op that launches a kernel plus one per call of our fused kernels, and prints the ratio to the PyTorch path
 (`--reference` lists the PyTorch path's launches instead).
@@ -89,7 +89,7 @@ def count_launches(reference: bool = False) -> Counter:
             for target in (mod, *users):
                 patch(target, name, fn)
     try:
-        cfg = LMConfig(dim=64, num_heads=4, num_layers=32, context=3000, text_card=32000, depformer_dim=32,
+        cfg = LMConfig(dim=64, num_heads=4, num_layers=32, context=100, text_card=32000, depformer_dim=32,
                        depformer_dim_feedforward=132, depformer_num_heads=2, depformer_num_layers=6)
         gen = LMGenerator(LMModel(cfg).eval(), SamplingConfig())
         state = gen.init_state(1)
