@@ -61,16 +61,7 @@ def count_launches(reference: bool = False) -> Counter:
             self.kernel, self.name = kernel, name
 
         def __getitem__(self, grid):
-            launch = self.kernel[grid]
-
-            def run(*args, **kwargs):
-                inside_kernel[0] = True
-                try:
-                    return launch(*args, **kwargs)
-                finally:
-                    inside_kernel[0] = False
-                    counts[f"triton:{self.name}"] += 1
-            return run
+            return one_launch(self.kernel[grid], self.name)
 
     patched: list[tuple[object, str, object]] = []  # (module, name, original): put back when done
 
