@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="moshi_7b", choices=["moshi_7b", "hybrid_7b"])
     parser.add_argument("--compile", action="store_true", help="also try torch.compile on the layers")
     args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA device: the profile needs a GPU (`python -m agent.benchmarks.launches` counts launches "
+              "on any machine)")
+        return 0
     from agent.benchmarks.gpu import _cuda_time, random_lm
     from models.lm import LMGenerator, SamplingConfig
     from models.lm.cuda_graph import GraphedGenerator
@@ -68,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             torch._dynamo.config.recompile_limit = 256
         t0 = time.perf_counter()
         for layer in [*model.transformer.layers, *model.depformer.layers]:
-            layer.forward = torch.compile(layer.forward, dynamic=False)
+            for name in ("forward", "forward_fused"):  # the GPU path steps through forward_fused
+                if hasattr(layer, name):
+                    setattr(layer, name, torch.compile(getattr(layer, name), dynamic=False))
         try:
             measure("torch.compile per layer")
         except Exception as exc:  # noqa: BLE001 - an experiment: report and go on
