@@ -28,6 +28,7 @@ def count_launches(reference: bool = False) -> Counter:
 
     import models.kernels.attention_triton as attention_k
     import models.kernels.embedding_triton as embedding_k
+    import models.kernels.gemv_triton as gemv_k
     import models.kernels.mamba2_triton as mamba_k
     import models.kernels.rope_triton as rope_k
     import models.kernels.sampling_triton as sampling_k
@@ -70,8 +71,8 @@ def count_launches(reference: bool = False) -> Counter:
         setattr(mod, name, value)
 
     if not reference:
-        for name in ("_decode_kernel", "_merge_kernel"):
-            patch(attention_k, name, CountedKernel(getattr(attention_k, name), name.strip("_")))
+        for mod, name in [(attention_k, "_decode_kernel"), (attention_k, "_merge_kernel"), (gemv_k, "_gemv_kernel")]:
+            patch(mod, name, CountedKernel(getattr(mod, name), name.strip("_")))
         for mod, name, users in [(mamba_k, "rmsnorm", [layers]), (mamba_k, "silu_gate", [layers]),
                                  (mamba_k, "add_rmsnorm", [layers]), (embedding_k, "embed_into", [model_mod]),
                                  (rope_k, "rope_fused", []),

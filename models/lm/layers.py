@@ -8,6 +8,7 @@ from torch import nn
 
 from models.attention import KVCacheState, streaming_attention
 from models.kernels import fused_ok
+from models.kernels.gemv_triton import gated_linear, norm_linear
 from models.kernels.mamba2_triton import add_rmsnorm, rmsnorm, silu_gate
 
 
@@ -31,6 +32,17 @@ class RMSNorm(nn.Module):
             return x, self(x)
         return add_rmsnorm(x, update, self.alpha, self.eps)
 
+    def add_norm_linear(self, x: torch.Tensor, update: torch.Tensor | None,
+                        weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x + update, norm(x + update) @ weight.T): `add_then_norm` and the projection after it, in one launch
+        for one row when that is faster on this GPU (models.kernels.gemv_triton.choose)."""
+
+        def separate(x: torch.Tensor, update: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+            x, h = self.add_then_norm(x, update)
+            return x, F.linear(h, weight)
+
+        return norm_linear(x, update, self.alpha, self.eps, weight, separate)
+
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """The PyTorch path (CPU, training, and the oracle of the fused kernel)."""
         xf = x.float()
@@ -50,8 +62,18 @@ class SiluGating(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.linear_in(x)
         if fused_ok(h):
-            return self.linear_out(silu_gate(h))
+            return self._gated_out(h)
         return self.linear_out(self.gate(h))
+
+    def _gated_out(self, h: torch.Tensor) -> torch.Tensor:
+        """GPU path: gating and output projection (one launch for one row when that is faster)."""
+        return gated_linear(h, self.linear_out.weight, lambda h: self.linear_out(silu_gate(h)))
+
+    def after_norm(self, x: torch.Tensor, update: torch.Tensor, norm: RMSNorm) -> tuple[torch.Tensor, torch.Tensor]:
+        """GPU path: (x + update, self(norm(x + update))), the residual add and the norm folded into this MLP's
+        projections where that is faster."""
+        x, h = norm.add_norm_linear(x, update, self.linear_in.weight)
+        return x, self._gated_out(h)
 
     @staticmethod
     def gate(h: torch.Tensor) -> torch.Tensor:
@@ -87,7 +109,7 @@ class Attention(nn.Module):
 
     def _qkv(self, x: torch.Tensor, step: int) -> torch.Tensor:
         """[B, T, C] -> fused [B, T, (H + 2 H_kv) * D] with sub-step `step`'s weights."""
-        return F.linear(x, self.in_proj_weight.view(self.steps, -1, x.shape[-1])[step])
+        return F.linear(x, self.in_weight(step))
 
     def _output(self, y: torch.Tensor, step: int) -> torch.Tensor:
         """Attention output [B, H, T, D] -> [B, T, C] through sub-step `step`'s output projection."""
@@ -96,8 +118,10 @@ class Attention(nn.Module):
         return F.linear(y.transpose(1, 2).reshape(B, T, -1), w)
 
     def project(self, x: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        B, T, _ = x.shape
-        qkv = self._qkv(x, step)
+        return self._split(self._qkv(x, step))
+
+    def _split(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, T, _ = qkv.shape
         q_dim, kv_dim = self.num_heads * self.head_dim, self.kv_heads * self.head_dim
         q, k, v = qkv.split([q_dim, kv_dim, kv_dim], dim=-1)
         q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
@@ -105,9 +129,18 @@ class Attention(nn.Module):
         v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
         return q, k, v
 
+    def in_weight(self, step: int = 0) -> torch.Tensor:
+        """Sub-step `step`'s q|k|v projection weight [(H + 2 H_kv) * D, C]."""
+        return self.in_proj_weight.view(self.steps, -1, self.in_proj_weight.shape[-1])[step]
+
     def forward(self, x: torch.Tensor, cache: KVCacheState, context: int, max_period: float | None,
                 step: int = 0) -> torch.Tensor:
-        q, k, v = self.project(x, step)
+        return self.forward_qkv(self._qkv(x, step), cache, context, max_period, step)
+
+    def forward_qkv(self, qkv: torch.Tensor, cache: KVCacheState, context: int, max_period: float | None,
+                    step: int = 0) -> torch.Tensor:
+        """`forward` from the projected q|k|v [B, T, (H + 2 H_kv) * D] (the GPU path projects with the norm)."""
+        q, k, v = self._split(qkv)
         return self._output(streaming_attention(q, k, v, cache, context, max_period), step)
 
     def forward_substep(self, x: torch.Tensor, kv: torch.Tensor, step: int) -> torch.Tensor:
@@ -115,8 +148,11 @@ class Attention(nn.Module):
         0..step-1 of this frame at their own index; this one's go to index `step`. The index is a Python int, so
         there are no positions, scatters or masks; on a GPU the write and the attention are one launch (they add
         up over dep_q x layers)."""
-        B, T, _ = x.shape
-        qkv = self._qkv(x, step)
+        return self.substep_qkv(self._qkv(x, step), kv, step)
+
+    def substep_qkv(self, qkv: torch.Tensor, kv: torch.Tensor, step: int) -> torch.Tensor:
+        """`forward_substep` from the projected q|k|v (the GPU path projects with the norm)."""
+        B, T, _ = qkv.shape
         q_dim = self.num_heads * self.head_dim
         q = qkv[..., :q_dim].view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
         if fused_ok(qkv):  # one launch: write this sub-step's key/value, attend

@@ -44,15 +44,18 @@ class _Block(nn.Module):
                       gates: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The same block with each residual add fused into the RMSNorm after it (GPU inference): takes and
         returns the residual stream without its last update (`pending`), which the next norm adds."""
-        x, h = self.norm1.add_then_norm(x, pending)
-        update = self.mix(h, state)
+        x, update = self.mix_after_norm(x, pending, state)
         if self.cross_attention is not None and vision is not None:
             x = x + update
             update, gate = self.cross_attention(self.norm_cross(x), vision)
             if gates is not None:
                 gates.append(gate)
-        x, h = self.norm2.add_then_norm(x, update)
-        return x, self.gating(h)
+        return self.gating.after_norm(x, update, self.norm2)
+
+    def mix_after_norm(self, x: torch.Tensor, pending: torch.Tensor | None, state) -> tuple[torch.Tensor, torch.Tensor]:
+        """GPU path: (x + pending, mix(norm1(x + pending)))."""
+        x, h = self.norm1.add_then_norm(x, pending)
+        return x, self.mix(h, state)
 
     def forward(self, x: torch.Tensor, state, vision: VisionState | None = None,
                 gates: list | None = None) -> torch.Tensor:
@@ -75,6 +78,11 @@ class AttentionBlock(_Block):
 
     def mix(self, x: torch.Tensor, state: KVCacheState) -> torch.Tensor:
         return self.self_attn(x, state, self.cfg.context, self.cfg.max_period)
+
+    def mix_after_norm(self, x: torch.Tensor, pending: torch.Tensor | None,
+                       state: KVCacheState) -> tuple[torch.Tensor, torch.Tensor]:
+        x, qkv = self.norm1.add_norm_linear(x, pending, self.self_attn.in_weight())  # norm folded into q|k|v
+        return x, self.self_attn.forward_qkv(qkv, state, self.cfg.context, self.cfg.max_period)
 
 
 class MambaBlock(_Block):
@@ -124,9 +132,8 @@ class DepformerLayer(nn.Module):
     def forward_fused(self, x: torch.Tensor, pending: torch.Tensor | None, kv: torch.Tensor,
                       step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """As `_Block.forward_fused`: residual adds fused into the norms after them."""
-        x, h = self.norm1.add_then_norm(x, pending)
-        x, h = self.norm2.add_then_norm(x, self.self_attn.forward_substep(h, kv, step))
-        return x, self.gating[step](h)
+        x, qkv = self.norm1.add_norm_linear(x, pending, self.self_attn.in_weight(step))
+        return self.gating[step].after_norm(x, self.self_attn.substep_qkv(qkv, kv, step), self.norm2)
 
 
 class Depformer(nn.Module):
