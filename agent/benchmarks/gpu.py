@@ -107,6 +107,16 @@ def bench_attention_step(batches=(1, 16, 64), context: int = 3000, heads: int = 
               f"{ours / sdpa:5.2f}x  floor (k/v bytes / bandwidth) {kv_bytes / bw * 1e3:6.3f} ms")
 
 
+def print_gemv_choices() -> None:
+    """Which batch-1 GEMVs run with the op before them folded in: each shape was timed both ways when first seen."""
+    from models.kernels.gemv_triton import timings
+
+    for (kind, shape, *_), (fused, separate) in sorted(timings().items(), key=str):
+        what = "add + RMSNorm -> GEMV" if kind == "norm" else "SiLU gating -> GEMV"
+        print(f"  {what} {shape[0]}x{shape[1]}: fused {fused * 1e3:6.1f} us  separate {separate * 1e3:6.1f} us  "
+              f"-> {'fused' if fused < separate else 'separate (cuBLAS)'}")
+
+
 def random_lm(config: str):
     """The 7B-class config with random bf16 weights on the GPU (no checkpoint needed for timing)."""
     from models.lm import LMConfig, LMModel
@@ -242,6 +252,7 @@ def run_gpu_bench(args) -> int:
         return 0
     ref = bench_reference_moshi_7b()
     ours = bench_lm("moshi_7b", batches=(1,))
+    print_gemv_choices()
     if ref is not None:
         print(f"  moshi_7b batch 1: ours / reference = {ours[1][0] / ref:.2f}x time (goal <= 0.6x)")
     else:
