@@ -29,21 +29,6 @@ def _cuda_time(fn, iters: int = 20, warmup: int = 3) -> list[float]:
     return out
 
 
-def _graph_of(fn, repeat: int = 32):
-    """`fn` called `repeat` times, captured in one CUDA graph: replay() costs what a frame-step graph pays for
-    it (no Python or launch overhead), `repeat` times over."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(repeat):
-            fn()
-    return graph.replay
-
-
 def copy_bandwidth() -> float:
     """Measured device-to-device bandwidth in bytes/s (read + write)."""
     x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
@@ -80,6 +65,7 @@ def _attention_step_ms(batch: int, context: int, heads: int, head_dim: int) -> t
     import torch.nn.functional as F
 
     from models.attention import KVCacheState
+    from models.kernels import time_in_graph
     from models.kernels.attention_triton import decode_attention
 
     cache = KVCacheState.create(batch, heads, head_dim, context, 1, device="cuda", dtype=torch.bfloat16)
@@ -89,11 +75,11 @@ def _attention_step_ms(batch: int, context: int, heads: int, head_dim: int) -> t
     cache.offset.fill_(context)
     q, k, v = (torch.randn(batch, heads, 1, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     mask = torch.zeros(batch, 1, 1, context, device="cuda", dtype=torch.bfloat16)
-    with torch.no_grad():  # each in a CUDA graph of 32 calls, as inside the frame step's graph
-        sdpa = _cuda_time(_graph_of(lambda: F.scaled_dot_product_attention(q, cache.keys, cache.values,
-                                                                           attn_mask=mask)))
-        ours = _cuda_time(_graph_of(lambda: decode_attention(q, k, v, cache, context, 10_000.0)))
-    return statistics.median(sdpa) / 32, statistics.median(ours) / 32, 2 * cache.keys.numel() * 2
+    with torch.no_grad():  # each inside a CUDA graph, as inside the frame step's graph
+        sdpa = time_in_graph(lambda: F.scaled_dot_product_attention(q, cache.keys, cache.values, attn_mask=mask),
+                             repeat=32)
+        ours = time_in_graph(lambda: decode_attention(q, k, v, cache, context, 10_000.0), repeat=32)
+    return sdpa, ours, 2 * cache.keys.numel() * 2
 
 
 def bench_attention_step(batches=(1, 16, 64), context: int = 3000, heads: int = 32, head_dim: int = 128) -> None:

@@ -8,7 +8,8 @@ Triton's interpreter).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import statistics
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -52,3 +53,26 @@ def fused_path() -> contextlib.AbstractContextManager[None]:
     """Run the fused kernels everywhere inside this block, CPU tensors included (through Triton's interpreter,
     TRITON_INTERPRET=1): how CPU-only CI checks the kernels inside whole models."""
     return _forcing("fused")
+
+
+def time_in_graph(fn: Callable[[], object], repeat: int = 20) -> float:
+    """Milliseconds per call of `fn` on the GPU, `repeat` calls captured in one CUDA graph: what a frame-step
+    graph pays for it (no Python or launch overhead). Warms up (lazy init, autotuning) outside the capture."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(repeat):
+            fn()
+    times = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / repeat)
+    return statistics.median(times)

@@ -19,12 +19,11 @@ seen outside graph capture, and keeps the faster: the fused kernels can only rem
 from __future__ import annotations
 
 import os
-import statistics
 from collections.abc import Callable
 
 import torch
 
-from models.kernels import HAVE_TRITON, require_triton
+from models.kernels import HAVE_TRITON, require_triton, time_in_graph
 
 if HAVE_TRITON:
     import triton
@@ -114,27 +113,6 @@ _decisions: dict[tuple, bool] = {}
 _timings: dict[tuple, tuple[float, float]] = {}
 
 
-def _graph_ms(fn: Callable[[], object], repeat: int = 20) -> float:
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()  # lazy init and autotuning outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(repeat):
-            fn()
-    times = []
-    for _ in range(5):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / repeat)
-    return statistics.median(times)
-
-
 def choose(key: tuple, fused: Callable[[], object], separate: Callable[[], object], device: torch.device) -> bool:
     """Use the fused kernel for this shape? Forced by DUPLEX_GEMV; always on CPU (the interpreter); on a GPU,
     the faster of the two, timed once per shape (while a graph is being captured, an untimed shape takes the
@@ -147,7 +125,7 @@ def choose(key: tuple, fused: Callable[[], object], separate: Callable[[], objec
     if key not in _decisions:
         if torch.cuda.is_current_stream_capturing():
             return False
-        t_fused, t_separate = _graph_ms(fused), _graph_ms(separate)
+        t_fused, t_separate = time_in_graph(fused), time_in_graph(separate)
         _timings[key] = (t_fused, t_separate)
         _decisions[key] = t_fused < t_separate
     return _decisions[key]
