@@ -64,7 +64,7 @@ def time_in_graph(fn: Callable[[], object], repeat: int = 20) -> float:
         fn()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other threads may use CUDA meanwhile
         for _ in range(repeat):
             fn()
     times = []
