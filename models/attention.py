@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from models.kernels import fused_ok
+from models.kernels import fused_ok, kernel_failed
 from models.state import StreamState
 
 
@@ -79,12 +79,15 @@ def streaming_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache
                         context: int, rope_max_period: float | None) -> torch.Tensor:
     """q: [B, H, T, D], k/v: [B, H_kv, T, D] for the T steps following `cache.offset`. Updates the cache."""
     T = q.shape[2]
-    if (T == 1 or cache.chunk == 1) and fused_ok(q):  # streaming on a GPU: two launches per step
+    if (T == 1 or cache.chunk == 1) and fused_ok(q, "decode_attention"):  # on a GPU: two launches per step
         from models.kernels.attention_triton import decode_attention
 
-        outs = [decode_attention(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], cache, context,
-                                 rope_max_period) for t in range(T)]  # each step advances the offset
-        return outs[0] if T == 1 else torch.cat(outs, dim=2)
+        try:
+            outs = [decode_attention(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], cache, context,
+                                     rope_max_period) for t in range(T)]  # each step advances the offset
+            return outs[0] if T == 1 else torch.cat(outs, dim=2)
+        except Exception as exc:  # noqa: BLE001 - compile failures: warn once, then the PyTorch path
+            kernel_failed("decode_attention", exc)
     pos = cache.offset[:, None] + torch.arange(T, device=q.device)  # [B, T]
     if rope_max_period is not None:
         rotate = rope_rotate

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
+import warnings
 from collections.abc import Callable, Iterator
 
 import torch
@@ -28,10 +29,27 @@ def require_triton(instead: str) -> None:
         raise RuntimeError(f"Triton is not installed (pip install triton, or use {instead})")
 
 
-def fused_ok(x: torch.Tensor) -> bool:
+_failed: dict[str, str] = {}  # kernel name -> why it could not run here (the PyTorch path runs instead)
+
+
+def fused_ok(x: torch.Tensor, kernel: str | None = None) -> bool:
+    """Take the fused path for x? `kernel`: also not if that kernel failed on this setup (`kernel_failed`)."""
     if _forced == "reference" or not HAVE_TRITON or torch.is_grad_enabled():
         return False
+    if kernel is not None and kernel in _failed and _forced != "fused":
+        return False
     return x.is_cuda or _forced == "fused"
+
+
+def kernel_failed(kernel: str, exc: Exception) -> None:
+    """A fused kernel failed to compile or launch (a Triton version or GPU it was not tried on, say): warn
+    once and let `fused_ok(x, kernel)` send its callers down the PyTorch path from now on. Where the fused
+    path is forced (tests), re-raise instead: a failure must not pass as a match."""
+    if _forced == "fused":
+        raise exc
+    _failed[kernel] = f"{type(exc).__name__}: {exc}"
+    warnings.warn(f"fused kernel {kernel} failed here ({_failed[kernel][:300]}); using the PyTorch path",
+                  RuntimeWarning, stacklevel=2)
 
 
 @contextlib.contextmanager

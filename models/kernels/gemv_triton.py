@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import torch
 
-from models.kernels import HAVE_TRITON, require_triton, time_in_graph
+from models.kernels import HAVE_TRITON, fused_ok, kernel_failed, require_triton, time_in_graph
 
 if HAVE_TRITON:
     import triton
@@ -123,9 +123,14 @@ def choose(key: tuple, fused: Callable[[], object], separate: Callable[[], objec
     if device.type != "cuda":
         return True
     if key not in _decisions:
-        if torch.cuda.is_current_stream_capturing():
+        if torch.cuda.is_current_stream_capturing() or not fused_ok(torch.empty(0, device=device), "gemv"):
             return False
-        t_fused, t_separate = time_in_graph(fused), time_in_graph(separate)
+        try:
+            t_fused = time_in_graph(fused)
+        except Exception as exc:  # noqa: BLE001 - compile failures: warn once, then cuBLAS and the separate ops
+            kernel_failed("gemv", exc)
+            return False
+        t_separate = time_in_graph(separate)
         _timings[key] = (t_fused, t_separate)
         _decisions[key] = t_fused < t_separate
     return _decisions[key]

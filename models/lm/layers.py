@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.attention import KVCacheState, streaming_attention
-from models.kernels import fused_ok
+from models.kernels import fused_ok, kernel_failed
 from models.kernels.gemv_triton import gated_linear, norm_linear
 from models.kernels.mamba2_triton import add_rmsnorm, rmsnorm, silu_gate
 
@@ -155,12 +155,15 @@ class Attention(nn.Module):
         B, T, _ = qkv.shape
         q_dim = self.num_heads * self.head_dim
         q = qkv[..., :q_dim].view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-        if fused_ok(qkv):  # one launch: write this sub-step's key/value, attend
+        if fused_ok(qkv, "substep_attention"):  # one launch: write this sub-step's key/value, attend
             from models.kernels.attention_triton import substep_attention
 
             new = qkv[..., q_dim:].view(B, T, 2, self.kv_heads, self.head_dim)
-            y = substep_attention(q, new[:, :, 0].transpose(1, 2), new[:, :, 1].transpose(1, 2), kv, step)
-            return self._output(y, step)
+            try:
+                y = substep_attention(q, new[:, :, 0].transpose(1, 2), new[:, :, 1].transpose(1, 2), kv, step)
+                return self._output(y, step)
+            except Exception as exc:  # noqa: BLE001 - compile failures: warn once, then the PyTorch path
+                kernel_failed("substep_attention", exc)
         kv[:, :, :, step:step + 1].copy_(qkv[..., q_dim:].view(B, T, 2, self.kv_heads, self.head_dim)
                                          .permute(0, 2, 3, 1, 4))
         y = F.scaled_dot_product_attention(q, kv[:, 0, :, :step + 1], kv[:, 1, :, :step + 1],

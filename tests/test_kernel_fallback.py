@@ -1,0 +1,61 @@
+"""A fused kernel that fails on some setup (a Triton version it was not tried on, say) warns once and hands its
+callers to the PyTorch path; where the fused path is forced (the kernel tests), the failure is raised."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import models.attention as attention
+import models.kernels as kernels
+
+
+@pytest.fixture(autouse=True)
+def _forget_failures():
+    yield
+    kernels._failed.clear()
+
+
+def test_failed_kernel_is_skipped_after_one_warning():
+    x = SimpleNamespace(is_cuda=True)  # what the automatic choice looks at
+    assert kernels.fused_ok(x, "k")
+    with pytest.warns(RuntimeWarning, match="fused kernel k failed"):
+        kernels.kernel_failed("k", RuntimeError("no such intrinsic"))
+    assert not kernels.fused_ok(x, "k") and kernels.fused_ok(x, "other") and kernels.fused_ok(x)
+
+
+def test_forced_fused_path_raises_the_failure():
+    with kernels.fused_path(), pytest.raises(RuntimeError, match="boom"):
+        kernels.kernel_failed("k", RuntimeError("boom"))
+    assert "k" not in kernels._failed
+
+
+def test_attention_falls_back_to_the_pytorch_path(monkeypatch):
+    """The one-query attention kernel raising on its first call: the step still comes out right, from the
+    PyTorch path, and the kernel is not tried again."""
+    import models.kernels.attention_triton as attention_triton
+
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("compile error")
+
+    monkeypatch.setattr(attention_triton, "decode_attention", broken)
+    monkeypatch.setattr(attention, "fused_ok",  # as on a GPU for this kernel: taken unless forced off or failed
+                        lambda x, kernel=None: kernel == "decode_attention" and kernels._forced != "reference"
+                        and kernel not in kernels._failed)
+    g = torch.Generator().manual_seed(0)
+    want_cache = attention.KVCacheState.create(2, 2, 8, 6, 1)
+    got_cache = attention.KVCacheState.create(2, 2, 8, 6, 1)
+    for step in range(3):
+        q, k, v = (torch.randn(2, 2, 1, 8, generator=g) for _ in range(3))
+        with kernels.reference_path():
+            want = attention.streaming_attention(q, k, v, want_cache, 6, 10_000.0)
+        if step == 0:
+            with pytest.warns(RuntimeWarning, match="decode_attention"):
+                got = attention.streaming_attention(q, k, v, got_cache, 6, 10_000.0)
+        else:
+            got = attention.streaming_attention(q, k, v, got_cache, 6, 10_000.0)
+        assert torch.equal(got, want) and torch.equal(got_cache.offset, want_cache.offset)
+    assert len(calls) == 1
