@@ -86,6 +86,8 @@ def streaming_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache
             outs = [decode_attention(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], cache, context,
                                      rope_max_period) for t in range(T)]  # each step advances the offset
             return outs[0] if T == 1 else torch.cat(outs, dim=2)
+        except ValueError:
+            raise
         except Exception as exc:  # noqa: BLE001 - compile failures: warn once, then the PyTorch path
             kernel_failed("decode_attention", exc)
     pos = cache.offset[:, None] + torch.arange(T, device=q.device)  # [B, T]

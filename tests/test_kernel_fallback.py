@@ -59,3 +59,27 @@ def test_attention_falls_back_to_the_pytorch_path(monkeypatch):
             got = attention.streaming_attention(q, k, v, got_cache, 6, 10_000.0)
         assert torch.equal(got, want) and torch.equal(got_cache.offset, want_cache.offset)
     assert len(calls) == 1
+
+
+def test_decorated_kernel_runs_its_reference_after_a_failure():
+    """`falls_back_to`: a failing wrapper warns once, returns the reference's result, then is not called again;
+    its own input checks (ValueError) are not failures."""
+    calls = []
+
+    def reference(x):
+        return x + 1
+
+    @kernels.falls_back_to("flaky", reference)
+    def fused(x):
+        calls.append(x)
+        if x < 0:
+            raise ValueError("bad input")
+        raise RuntimeError("PTX assembly aborted")
+
+    with pytest.raises(ValueError):
+        fused(-1)
+    with pytest.warns(RuntimeWarning, match="flaky"):
+        assert fused(1) == 2
+    assert fused(2) == 3 and calls == [-1, 1]
+    with kernels.fused_path(), pytest.raises(RuntimeError):  # forced (tests): the failure shows
+        fused(3)

@@ -8,6 +8,7 @@ Triton's interpreter).
 from __future__ import annotations
 
 import contextlib
+import functools
 import statistics
 import warnings
 from collections.abc import Callable, Iterator
@@ -50,6 +51,28 @@ def kernel_failed(kernel: str, exc: Exception) -> None:
     _failed[kernel] = f"{type(exc).__name__}: {exc}"
     warnings.warn(f"fused kernel {kernel} failed here ({_failed[kernel][:300]}); using the PyTorch path",
                   RuntimeWarning, stacklevel=2)
+
+
+def falls_back_to(kernel: str, reference: Callable) -> Callable[[Callable], Callable]:
+    """Decorate a fused kernel's wrapper: if the kernel fails to compile or launch (ValueError, the wrappers'
+    own input checks, is raised as is), `kernel_failed` warns once and this and later calls run `reference`,
+    which takes the same arguments and returns the same thing."""
+
+    def wrap(fused: Callable) -> Callable:
+        @functools.wraps(fused)
+        def run(*args, **kwargs):
+            if kernel not in _failed or _forced == "fused":
+                try:
+                    return fused(*args, **kwargs)
+                except ValueError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - compile/launch failures on an untried setup
+                    kernel_failed(kernel, exc)
+            return reference(*args, **kwargs)
+
+        return run
+
+    return wrap
 
 
 @contextlib.contextmanager

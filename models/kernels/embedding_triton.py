@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from models.kernels import HAVE_TRITON, require_triton
+from models.kernels import HAVE_TRITON, falls_back_to, require_triton
 
 if HAVE_TRITON:
     import triton
@@ -30,6 +30,14 @@ if HAVE_TRITON:
         tl.store(out_ptr + row * D + c, emb.to(out_ptr.dtype.element_ty), mask=m)
 
 
+def embed_into_ref(out: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, accumulate: bool) -> torch.Tensor:
+    """The PyTorch path of `embed_into` (the model's `Embedding`: token -1 embeds to zero)."""
+    rows = torch.nn.functional.embedding(tokens.clamp(min=0), weight)
+    rows = torch.where((tokens == -1)[..., None], torch.zeros((), dtype=rows.dtype, device=rows.device), rows)
+    return out.add_(rows) if accumulate else out.copy_(rows)
+
+
+@falls_back_to("embedding", embed_into_ref)
 def embed_into(out: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, accumulate: bool) -> torch.Tensor:
     """out [B, T, D] (contiguous) = (out +) weight[tokens] with zero rows for tokens == -1; tokens [B, T] (any
     strides: a row of the generator's token columns is read in place, without a copy)."""

@@ -127,6 +127,8 @@ def choose(key: tuple, fused: Callable[[], object], separate: Callable[[], objec
             return False
         try:
             t_fused = time_in_graph(fused)
+        except ValueError:
+            raise
         except Exception as exc:  # noqa: BLE001 - compile failures: warn once, then cuBLAS and the separate ops
             kernel_failed("gemv", exc)
             return False

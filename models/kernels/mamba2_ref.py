@@ -85,3 +85,22 @@ def gated_rmsnorm_ref(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, gr
     h = h.view(*shape[:-1], groups, shape[-1] // groups)
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     return (h.view(shape) * weight.to(ct)).to(dtype)
+
+
+def rmsnorm_ref(x: torch.Tensor, alpha: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Moshi's RMSNorm in float32, cast back to x's dtype."""
+    xf = x.float()
+    var = eps + xf.pow(2).mean(-1, keepdim=True)
+    return (xf * (alpha.float() * torch.rsqrt(var))).to(x.dtype)
+
+
+def add_rmsnorm_ref(x: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor,
+                    eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+    s = x + u
+    return s, rmsnorm_ref(s, alpha, eps)
+
+
+def silu_gate_ref(h: torch.Tensor) -> torch.Tensor:
+    """silu(a) * b for h = [a | b] on the last dim (the MLP's gating)."""
+    gate, up = h.chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from models.kernels import HAVE_TRITON, require_triton
+from models.kernels import HAVE_TRITON, falls_back_to, require_triton
+from models.kernels.mamba2_ref import add_rmsnorm_ref, rmsnorm_ref, silu_gate_ref
 
 if HAVE_TRITON:
     import triton
@@ -196,6 +197,7 @@ def gated_rmsnorm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, groups
     return out
 
 
+@falls_back_to("rmsnorm", rmsnorm_ref)
 def rmsnorm(x: torch.Tensor, alpha: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Moshi's fp32 RMSNorm on rows of x [..., D]."""
     require_triton("the PyTorch path (models/kernels/mamba2_ref.py)")
@@ -207,6 +209,7 @@ def rmsnorm(x: torch.Tensor, alpha: torch.Tensor, eps: float = 1e-8) -> torch.Te
     return out.view(shape)
 
 
+@falls_back_to("add_rmsnorm", add_rmsnorm_ref)
 def add_rmsnorm(x: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor,
                 eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
     """The residual add and the next RMSNorm in one launch: (s, rmsnorm(s)) with s = x + u rounded to x's dtype
@@ -220,6 +223,7 @@ def add_rmsnorm(x: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor,
     return total.view(shape), out.view(shape)
 
 
+@falls_back_to("silu_gate", silu_gate_ref)
 def silu_gate(h: torch.Tensor) -> torch.Tensor:
     """silu(a) * b for h = [a | b] on the last dim, in one launch (the MLP's gating; reference in SiluGating)."""
     require_triton("the PyTorch path (models/kernels/mamba2_ref.py)")

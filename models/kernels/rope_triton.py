@@ -11,7 +11,8 @@ import math
 
 import torch
 
-from models.kernels import HAVE_TRITON, require_triton
+from models.attention import rope_rotate
+from models.kernels import HAVE_TRITON, falls_back_to, require_triton
 
 if HAVE_TRITON:
     import triton
@@ -38,6 +39,7 @@ if HAVE_TRITON:
         tl.store(dst + 1, (xr * s + xi * c).to(out_ptr.dtype.element_ty), mask=m)
 
 
+@falls_back_to("rope", rope_rotate)
 def rope_fused(x: torch.Tensor, positions: torch.Tensor, max_period: float = 10_000.0) -> torch.Tensor:
     """x [B, H, T, D] (any strides, last one 1), positions [B, T] -> rotated copy [B, H, T, D], contiguous."""
     require_triton("models.attention.rope_rotate")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from models.kernels import HAVE_TRITON, require_triton
-from models.lm.sampling import COUNTER_MUL, INDEX_MUL, SEED_MUL
+from models.kernels import HAVE_TRITON, falls_back_to, require_triton
+from models.lm.sampling import COUNTER_MUL, INDEX_MUL, SEED_MUL, sample_reference
 
 if HAVE_TRITON:
     import triton
@@ -68,6 +68,7 @@ if HAVE_TRITON:
         tl.store(out_ptr + row, tl.argmax(score, axis=0).to(tl.int64))
 
 
+@falls_back_to("sampling", sample_reference)
 def sample_fused(logits: torch.Tensor, temperature: float, top_k: int, seed: torch.Tensor, counter: torch.Tensor,
                  stream: int = 0) -> torch.Tensor:
     """logits [B, V] (any float dtype, rows may be strided) -> tokens [B] int64; temperature > 0."""
