@@ -167,8 +167,7 @@ def test_codec_streaming_on_the_fused_path_matches_the_reference_path():
     assert (outs[0][1] - outs[1][1]).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("splits", [1, 3])
-@pytest.mark.parametrize("kv_heads, rope", [(4, 10_000.0), (2, 10_000.0), (4, None)])
+@pytest.mark.parametrize("splits, kv_heads, rope", [(1, 4, 10_000.0), (3, 2, 10_000.0), (3, 4, None)])
 def test_fused_decode_attention_matches_reference(splits, kv_heads, rope):
     """Over a ring that wraps (capacity 130 in three 64-entry blocks, context 100 < capacity, so the window
     test matters), rows at different offsets, MHA and GQA, with and without rotary embedding, the ring read
@@ -180,10 +179,10 @@ def test_fused_decode_attention_matches_reference(splits, kv_heads, rope):
     B, H, D, context, cap = 3, 4, 16, 100, 130
     ref = KVCacheState.create(B, kv_heads, D, cap, 1, device="cpu")
     fused = KVCacheState.create(B, kv_heads, D, cap, 1, device=DEVICE)
-    ref.offset.copy_(torch.tensor([0, 40, 125]))
+    ref.offset.copy_(torch.tensor([0, 60, 125]))  # rows 1 and 2 wrap; all pass the window of 100
     fused.offset.copy_(ref.offset)
     g = torch.Generator().manual_seed(0)
-    for step in range(150):
+    for step in range(105):
         qkv = torch.randn(B, 1, (H + 2 * kv_heads) * D, generator=g)  # strided heads, as projected
         q = qkv[..., :H * D].view(B, 1, H, D).transpose(1, 2)
         k = qkv[..., H * D:(H + kv_heads) * D].view(B, 1, kv_heads, D).transpose(1, 2)
@@ -195,7 +194,7 @@ def test_fused_decode_attention_matches_reference(splits, kv_heads, rope):
                                qkv_d[..., H * D:(H + kv_heads) * D].view(B, 1, kv_heads, D).transpose(1, 2),
                                qkv_d[..., (H + kv_heads) * D:].view(B, 1, kv_heads, D).transpose(1, 2),
                                fused, context, rope, splits=splits)
-        if step % 7 == 0 or step > 140:
+        if step % 7 == 0 or step > 100:
             assert got.shape == want.shape and (got.cpu() - want).abs().max() < 1e-5, step
             for a, b in [(fused.keys, ref.keys), (fused.values, ref.values)]:
                 assert (a.cpu() - b).abs().max() < 1e-5  # float32 angles of positions up to 275
