@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from models.kernels import fused_ok, kernel_failed
+from models.kernels import fused_ok
 from models.state import StreamState
 
 
@@ -79,17 +79,19 @@ def streaming_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache
                         context: int, rope_max_period: float | None) -> torch.Tensor:
     """q: [B, H, T, D], k/v: [B, H_kv, T, D] for the T steps following `cache.offset`. Updates the cache."""
     T = q.shape[2]
-    if (T == 1 or cache.chunk == 1) and fused_ok(q, "decode_attention"):  # on a GPU: two launches per step
+    if (T == 1 or cache.chunk == 1) and fused_ok(q):  # on a GPU: two launches per step
         from models.kernels.attention_triton import decode_attention
 
-        try:
-            outs = [decode_attention(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], cache, context,
-                                     rope_max_period) for t in range(T)]  # each step advances the offset
-            return outs[0] if T == 1 else torch.cat(outs, dim=2)
-        except ValueError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - compile failures: warn once, then the PyTorch path
-            kernel_failed("decode_attention", exc)
+        outs = [decode_attention(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], cache, context,
+                                 rope_max_period) for t in range(T)]  # each step advances the offset
+        return outs[0] if T == 1 else torch.cat(outs, dim=2)
+    return streaming_attention_reference(q, k, v, cache, context, rope_max_period)
+
+
+def streaming_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCacheState,
+                                  context: int, rope_max_period: float | None) -> torch.Tensor:
+    """`streaming_attention` op by op (CPU, training, chunked prefill, and the one-query kernel's oracle)."""
+    T = q.shape[2]
     pos = cache.offset[:, None] + torch.arange(T, device=q.device)  # [B, T]
     if rope_max_period is not None:
         rotate = rope_rotate
@@ -103,3 +105,11 @@ def streaming_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache
                                   context, pos[:, start:end]))
     cache.offset.add_(T)
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+
+def substep_attention_reference(q: torch.Tensor, new_kv: torch.Tensor, kv: torch.Tensor, step: int) -> torch.Tensor:
+    """The depformer's sub-step attention op by op: q [B, H, 1, D]; new_kv [B, 1, 2, H_kv, D] this sub-step's
+    key and value as projected; kv [B, 2, H_kv, steps, D] the frame's scratch (written at `step`, one copy)."""
+    kv[:, :, :, step:step + 1].copy_(new_kv.permute(0, 2, 3, 1, 4))
+    return F.scaled_dot_product_attention(q, kv[:, 0, :, :step + 1], kv[:, 1, :, :step + 1],
+                                          enable_gqa=kv.shape[2] != q.shape[1])

@@ -1,8 +1,6 @@
 """A fused kernel that fails on some setup (a Triton version it was not tried on, say) warns once and hands its
 callers to the PyTorch path; where the fused path is forced (the kernel tests), the failure is raised."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -17,11 +15,12 @@ def _forget_failures():
 
 
 def test_failed_kernel_is_skipped_after_one_warning():
-    x = SimpleNamespace(is_cuda=True)  # what the automatic choice looks at
-    assert kernels.fused_ok(x, "k")
+    assert not kernels.has_failed("k")
     with pytest.warns(RuntimeWarning, match="fused kernel k failed"):
         kernels.kernel_failed("k", RuntimeError("no such intrinsic"))
-    assert not kernels.fused_ok(x, "k") and kernels.fused_ok(x, "other") and kernels.fused_ok(x)
+    assert kernels.has_failed("k") and not kernels.has_failed("other")
+    with kernels.fused_path():  # forced (tests): tried regardless
+        assert not kernels.has_failed("k")
 
 
 def test_forced_fused_path_raises_the_failure():
@@ -34,6 +33,7 @@ def test_attention_falls_back_to_the_pytorch_path(monkeypatch):
     """The one-query attention kernel raising on its first call: the step still comes out right, from the
     PyTorch path, and the kernel is not tried again."""
     import models.kernels.attention_triton as attention_triton
+    import models.kernels.rope_triton as rope_triton
 
     calls = []
 
@@ -41,10 +41,9 @@ def test_attention_falls_back_to_the_pytorch_path(monkeypatch):
         calls.append(1)
         raise RuntimeError("compile error")
 
-    monkeypatch.setattr(attention_triton, "decode_attention", broken)
-    monkeypatch.setattr(attention, "fused_ok",  # as on a GPU for this kernel: taken unless forced off or failed
-                        lambda x, kernel=None: kernel == "decode_attention" and kernels._forced != "reference"
-                        and kernel not in kernels._failed)
+    monkeypatch.setattr(attention_triton, "_launch", broken)
+    monkeypatch.setattr(attention, "fused_ok", lambda x: kernels._forced != "reference")  # as on a GPU
+    monkeypatch.setattr(rope_triton, "rope_fused", attention.rope_rotate)  # its own kernel is tested elsewhere
     g = torch.Generator().manual_seed(0)
     want_cache = attention.KVCacheState.create(2, 2, 8, 6, 1)
     got_cache = attention.KVCacheState.create(2, 2, 8, 6, 1)

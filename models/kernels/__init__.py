@@ -33,18 +33,20 @@ def require_triton(instead: str) -> None:
 _failed: dict[str, str] = {}  # kernel name -> why it could not run here (the PyTorch path runs instead)
 
 
-def fused_ok(x: torch.Tensor, kernel: str | None = None) -> bool:
-    """Take the fused path for x? `kernel`: also not if that kernel failed on this setup (`kernel_failed`)."""
+def fused_ok(x: torch.Tensor) -> bool:
     if _forced == "reference" or not HAVE_TRITON or torch.is_grad_enabled():
-        return False
-    if kernel is not None and kernel in _failed and _forced != "fused":
         return False
     return x.is_cuda or _forced == "fused"
 
 
+def has_failed(kernel: str) -> bool:
+    """Did this kernel fail on this setup (`kernel_failed`)? Never where the fused path is forced (tests)."""
+    return kernel in _failed and _forced != "fused"
+
+
 def kernel_failed(kernel: str, exc: Exception) -> None:
     """A fused kernel failed to compile or launch (a Triton version or GPU it was not tried on, say): warn
-    once and let `fused_ok(x, kernel)` send its callers down the PyTorch path from now on. Where the fused
+    once and let `has_failed(kernel)` send its callers down the PyTorch path from now on. Where the fused
     path is forced (tests), re-raise instead: a failure must not pass as a match."""
     if _forced == "fused":
         raise exc
@@ -61,7 +63,7 @@ def falls_back_to(kernel: str, reference: Callable) -> Callable[[Callable], Call
     def wrap(fused: Callable) -> Callable:
         @functools.wraps(fused)
         def run(*args, **kwargs):
-            if kernel not in _failed or _forced == "fused":
+            if not has_failed(kernel):
                 try:
                     return fused(*args, **kwargs)
                 except ValueError:

@@ -25,8 +25,8 @@ import math
 
 import torch
 
-from models.attention import KVCacheState
-from models.kernels import HAVE_TRITON, require_triton
+from models.attention import KVCacheState, streaming_attention_reference, substep_attention_reference
+from models.kernels import HAVE_TRITON, falls_back_to, require_triton
 
 if HAVE_TRITON:
     import triton
@@ -177,6 +177,11 @@ def _launch(q, k, v, keys, values, out, *, positions=None, offset=None, fixed_id
                                 BLOCK_S=triton.next_power_of_2(splits), BLOCK_W=triton.next_power_of_2(D))
 
 
+def _decode_reference(q, k, v, cache, context, rope_max_period, splits=None):
+    return streaming_attention_reference(q, k, v, cache, context, rope_max_period)
+
+
+@falls_back_to("decode_attention", _decode_reference)
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCacheState, context: int,
                      rope_max_period: float | None, splits: int | None = None) -> torch.Tensor:
     """One step of sliding-window attention over the ring at each row's `cache.offset`: q [B, H, 1, D], k/v
@@ -195,13 +200,15 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: K
     return out
 
 
-def substep_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: torch.Tensor,
-                      step: int) -> torch.Tensor:
-    """The depformer's sub-step `step`: q [B, H, 1, D], k/v [B, H_kv, 1, D]; kv [B, 2, H_kv, steps, D] holds the
-    keys and values of sub-steps 0..step-1 of this frame; this one's are written at index `step`.
-    -> [B, H, 1, D] (a view of [B, 1, H, D] memory)."""
-    require_triton("the PyTorch path of models.lm.layers.Attention.forward_substep")
+@falls_back_to("substep_attention", substep_attention_reference)
+def substep_attention(q: torch.Tensor, new_kv: torch.Tensor, kv: torch.Tensor, step: int) -> torch.Tensor:
+    """The depformer's sub-step `step`: q [B, H, 1, D]; new_kv [B, 1, 2, H_kv, D] this sub-step's key and value as
+    projected; kv [B, 2, H_kv, steps, D] holds the keys and values of sub-steps 0..step-1 of this frame; this
+    one's are written at index `step`. -> [B, H, 1, D] (a view of [B, 1, H, D] memory). The reference is
+    `models.attention.substep_attention_reference`."""
+    require_triton("models.attention.substep_attention_reference")
     B, H, _, D = q.shape
     out = torch.empty(B, 1, H, D, device=q.device, dtype=q.dtype).transpose(1, 2)
+    k, v = new_kv[:, :, 0].transpose(1, 2), new_kv[:, :, 1].transpose(1, 2)
     _launch(q, k, v, kv[:, 0], kv[:, 1], out, fixed_idx=step)
     return out

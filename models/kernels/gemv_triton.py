@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import torch
 
-from models.kernels import HAVE_TRITON, fused_ok, kernel_failed, require_triton, time_in_graph
+from models.kernels import HAVE_TRITON, has_failed, kernel_failed, require_triton, time_in_graph
 
 if HAVE_TRITON:
     import triton
@@ -123,7 +123,7 @@ def choose(key: tuple, fused: Callable[[], object], separate: Callable[[], objec
     if device.type != "cuda":
         return True
     if key not in _decisions:
-        if torch.cuda.is_current_stream_capturing() or not fused_ok(torch.empty(0, device=device), "gemv"):
+        if torch.cuda.is_current_stream_capturing() or has_failed("gemv"):
             return False
         try:
             t_fused = time_in_graph(fused)

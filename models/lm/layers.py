@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.attention import KVCacheState, streaming_attention
-from models.kernels import fused_ok, kernel_failed
+from models.attention import KVCacheState, streaming_attention, substep_attention_reference
+from models.kernels import fused_ok
 from models.kernels.gemv_triton import gated_linear, norm_linear
 from models.kernels.mamba2_ref import rmsnorm_ref, silu_gate_ref
 from models.kernels.mamba2_triton import add_rmsnorm, rmsnorm, silu_gate
@@ -153,22 +153,11 @@ class Attention(nn.Module):
         B, T, _ = qkv.shape
         q_dim = self.num_heads * self.head_dim
         q = qkv[..., :q_dim].view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-        if fused_ok(qkv, "substep_attention"):  # one launch: write this sub-step's key/value, attend
-            from models.kernels.attention_triton import substep_attention
-
-            new = qkv[..., q_dim:].view(B, T, 2, self.kv_heads, self.head_dim)
-            try:
-                y = substep_attention(q, new[:, :, 0].transpose(1, 2), new[:, :, 1].transpose(1, 2), kv, step)
-                return self._output(y, step)
-            except ValueError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - compile failures: warn once, then the PyTorch path
-                kernel_failed("substep_attention", exc)
-        kv[:, :, :, step:step + 1].copy_(qkv[..., q_dim:].view(B, T, 2, self.kv_heads, self.head_dim)
-                                         .permute(0, 2, 3, 1, 4))
-        y = F.scaled_dot_product_attention(q, kv[:, 0, :, :step + 1], kv[:, 1, :, :step + 1],
-                                           enable_gqa=self.kv_heads != self.num_heads)
-        return self._output(y, step)
+        new_kv = qkv[..., q_dim:].view(B, T, 2, self.kv_heads, self.head_dim)
+        attend = substep_attention_reference
+        if fused_ok(qkv):  # one launch: write this sub-step's key/value, attend
+            from models.kernels.attention_triton import substep_attention as attend
+        return self._output(attend(q, new_kv, kv, step), step)
 
     def init_cache(self, batch: int, context: int, device, dtype, chunk: int = 1) -> KVCacheState:
         return KVCacheState.create(batch, self.kv_heads, self.head_dim, context, chunk, device, dtype)
