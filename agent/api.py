@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 
 import torch
@@ -26,8 +27,10 @@ class Agent:
         gen = LMGenerator(bundle.lm, bundle.sampling)
         self.pool = SlotPool(bundle.codec, gen, self.config.max_sessions, bundle.files.input_noise_floor)
         self.engine = Engine(self.pool, realtime=self.config.realtime)
-        self._sessions: set[Session] = set()
+        self._sessions: set[Session] = set()  # open sessions only: a closed one forgets itself
         self._started = False
+        # Decoding and resizing camera images (off the event loop; the model's encoder has its own thread).
+        self.image_executor = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="duplex-images")
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = "default", config: AgentConfig | None = None,
@@ -57,6 +60,9 @@ class Agent:
         if self._started:
             await self.engine.stop()
             self._started = False
+
+    def _forget(self, session: Session) -> None:
+        self._sessions.discard(session)
 
     def session(self, seed: int | None = None) -> Session:
         """A new conversation (joins the engine on `async with` / `open()`)."""

@@ -62,6 +62,7 @@ class Stats(Event):
     dropped_input_frames: int  # input frames dropped because compute fell behind
     dropped_events: int  # output events dropped because the consumer fell behind
     late_ticks: int  # frame ticks skipped because a step overran 80 ms
+    damaged_input: int = 0  # damaged input the transport skipped (bad Ogg pages, ...); the session went on
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ class Session:
     """Use as `async with agent.session() as s:`; feed `send_audio`, read `events()` or register `.on(...)`."""
 
     def __init__(self, agent: Agent, seed: int | None = None):
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
+            raise ValueError(f"seed must be None or an integer in [0, 2**63), got {seed!r}")
         self.agent = agent
         self.seed = seed if seed is not None else int(np.random.SeedSequence().entropy % (2**31))
         cfg = agent.config
@@ -34,6 +36,7 @@ class Session:
         self._slot: SessionSlot | None = None
         self._resampler: StreamResampler | None = None
         self._closed = False
+        self._close_task: asyncio.Task | None = None
         self._words: list[str] = []
         self._utterance_start = 0.0
         self._pad_run = 0
@@ -43,6 +46,7 @@ class Session:
         self._shown_image = None  # the view the model currently sees
         self._camera_task: asyncio.Task | None = None
         self.images_skipped = 0
+        self.damaged_input = 0  # damaged input the transport skipped (e.g. Ogg pages); the session went on
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def __aenter__(self) -> Session:
@@ -63,15 +67,24 @@ class Session:
             raise SessionLimitError(f"{exc}; close a session or start the agent with a larger max_sessions") from exc
 
     async def close(self, reason: str = "closed") -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._slot is not None:
-            await self.agent.engine.leave(self._slot)
-        self._flush_transcript(self.frames_out * FRAME_S)
-        for task in self._tasks:
-            task.cancel()
-        self._emit(Closed(reason=reason, frames=self.frames_out))
+        """Leave the engine and end the event stream. Runs to completion even if the caller is cancelled
+        (a server cancels a handler whose client vanished): a half-closed session would keep its slot."""
+        if self._close_task is None:
+            self._closed = True
+            self._close_task = asyncio.ensure_future(self._close(reason))
+        await asyncio.shield(self._close_task)
+
+    async def _close(self, reason: str) -> None:
+        try:
+            if self._slot is not None:
+                await self.agent.engine.leave(self._slot)
+        finally:
+            self._flush_transcript(self.frames_out * FRAME_S)
+            for task in self._tasks:
+                task.cancel()
+            self._latest_image = None
+            self.agent._forget(self)
+            self._emit(Closed(reason=reason, frames=self.frames_out))
 
     @property
     def closed(self) -> bool:
@@ -142,28 +155,42 @@ class Session:
                 await self._push(slot, tail)
         slot.end_input()
 
-    def _prepare_image(self, image):
+    def note_input_damage(self, total: int) -> None:
+        """Transports report damaged input they skipped (running total); Stats carries it."""
+        self.damaged_input = max(self.damaged_input, int(total))
+
+    def _check_image(self, image):
+        """The cheap checks, on the caller's thread: raises InvalidImageError / UnsupportedError at once."""
         self._check_open()
         if not self.agent.pool.has_vision:
             raise UnsupportedError(f"model '{self.agent.bundle.name}' has no vision adapter; images need one")
+        from agent.images import check
+
+        return check(image)
+
+    async def _prepare_image(self, image):
+        """Decode, crop and resize off the event loop: a large image delays only this session's view."""
         from agent.images import prepare, to_rgb
 
-        return prepare(to_rgb(image), self.agent.bundle.lm.image_encoder.cfg.image_size)
+        size = self.agent.bundle.lm.image_encoder.cfg.image_size
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.agent.image_executor, lambda: prepare(to_rgb(image), size))
 
     def send_image(self, image) -> None:
         """Camera stream: offer a frame at any rate. Frames are sampled at `vision_fps`, near-duplicates are
-        skipped, and encoding runs off the audio path (the frame clock never waits for it).
+        skipped, and decoding and encoding run off the audio path (the frame clock never waits for them).
 
-        Raises InvalidImageError for unusable images (the session keeps running).
+        Raises InvalidImageError for unusable images (the session keeps running); an image that only turns
+        out to be corrupt while decoding is reported as an `Error` event.
         """
-        self._latest_image = self._prepare_image(image)
+        self._latest_image = self._check_image(image)
         if self._camera_task is None:
             self._camera_task = asyncio.ensure_future(self._camera_loop())
             self._tasks.add(self._camera_task)
 
     async def show_image(self, image) -> None:
         """Show one image now: returns once the model sees it (deterministic; for stills and offline runs)."""
-        await self._apply_image(self._prepare_image(image))
+        await self._apply_image(await self._prepare_image(self._check_image(image)))
 
     async def clear_image(self) -> None:
         slot = self._check_open()
@@ -182,11 +209,18 @@ class Session:
         self._emit(ImageUpdated(frame=frame, time=frame * FRAME_S, encode_ms=encode_ms, change=diff))
 
     async def _camera_loop(self) -> None:
+        from agent.errors import InvalidImageError
         from agent.images import change
 
         period = 1.0 / self.agent.config.vision_fps
         while not self._closed:
             latest, self._latest_image = self._latest_image, None
+            if latest is not None:
+                try:
+                    latest = await self._prepare_image(latest)
+                except InvalidImageError as exc:
+                    self._emit(Error(type(exc).__name__, str(exc)))
+                    latest = None
             if latest is not None:
                 if self._shown_image is not None and change(latest, self._shown_image) < \
                         self.agent.config.vision_min_change:
@@ -270,7 +304,8 @@ class Session:
             self._emit(Stats(frame=out.frame, step_ms=out.step_ms, step_ms_p99=engine.step_p99(),
                              latency_ms=self._latency_ms, sessions=engine.sessions,
                              dropped_input_frames=slot.inputs.dropped if slot else 0,
-                             dropped_events=self._queue.dropped, late_ticks=engine.clock.late_ticks))
+                             dropped_events=self._queue.dropped, late_ticks=engine.clock.late_ticks,
+                             damaged_input=self.damaged_input))
 
     def _flush_transcript(self, end: float) -> None:
         if self._words:

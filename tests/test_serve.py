@@ -44,7 +44,9 @@ def test_moshi_websocket_protocol_end_to_end(bundle):
             async with aiohttp.ClientSession() as http:
                 resp = await http.get(url)
                 assert resp.status == 401  # no token
-                health = await (await http.get(server.make_url("/health"))).json()
+                assert (await http.get(server.make_url("/health"))).status == 401  # health is behind it too
+                assert (await (await http.get(server.make_url("/healthz"))).json()) == {"status": "ok"}  # liveness
+                health = await (await http.get(server.make_url("/health").with_query(token="s3cret"))).json()
                 assert health["status"] == "ok" and health["max_sessions"] == 1
                 ws = await http.ws_connect(url.with_query(worker_auth_id="s3cret", audio_seed="7"))
                 first = await ws.receive_bytes(timeout=10)
@@ -88,7 +90,8 @@ def test_moshi_websocket_protocol_end_to_end(bundle):
                 sessions, deadline = 1, loop.time() + 10
                 while sessions and loop.time() < deadline:
                     await asyncio.sleep(0.1)
-                    sessions = (await (await http.get(server.make_url("/health"))).json())["sessions"]
+                    health_url = server.make_url("/health").with_query(token="s3cret")
+                    sessions = (await (await http.get(health_url)).json())["sessions"]
                 assert sessions == 0
         finally:
             await server.close()

@@ -19,9 +19,10 @@ from aiohttp import web
 from aiortc import MediaStreamTrack
 
 from agent.errors import DuplexError, SessionLimitError
-from agent.events import AudioOut, Closed, Error, Stats, TextToken, Transcript
+from agent.events import AudioOut, Closed, Error, ImageUpdated, Stats, TextToken, Transcript
 from models.codec import SAMPLE_RATE
 from streaming.transports.keys import SERVER
+from streaming.transports.limits import BadRequest, TooManyConnections, Watchdog, parse_seed
 
 log = logging.getLogger("duplex.webrtc")
 
@@ -101,17 +102,18 @@ def set_audio_jitter_prefetch(receiver, prefetch: int) -> bool:
 
 
 class PeerSession:
-    """One browser connection bound to one agent session."""
+    """One browser connection bound to one agent session; `close()` gives everything back, once."""
 
-    def __init__(self, server, pc, session):
-        self.server, self.pc, self.session = server, pc, session
+    def __init__(self, server, pc, session, ip: str):
+        self.server, self.pc, self.session, self.ip = server, pc, session, ip
         self.out = OutboundAudio()
         self.channel = None
         self.tasks: set[asyncio.Task] = set()
         self.audio_frames_in = 0
         self.video_frames_in = 0
-        self.latest_video = None
         self._closed = False
+        limits = server.limits
+        self.watchdog = Watchdog(limits.handshake_timeout_s, limits.idle_timeout_s, self._expire)
 
     def spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)
@@ -122,6 +124,11 @@ class PeerSession:
         ch = self.channel
         if ch is not None and ch.readyState == "open":
             ch.send(json.dumps(obj))
+
+    async def _expire(self, reason: str) -> None:
+        log.info("closing %s's WebRTC session: %s", self.ip, reason)
+        self.send_json({"type": "error", "message": f"closing: {reason}"})
+        await self.close()
 
     async def consume_audio(self, track) -> None:
         import av
@@ -134,6 +141,7 @@ class PeerSession:
             except MediaStreamError:
                 return
             self.audio_frames_in += 1
+            self.watchdog.alive()
             for f in resampler.resample(frame):
                 try:
                     await self.session.send_audio(f.to_ndarray().reshape(-1), sample_rate=SAMPLE_RATE)
@@ -145,16 +153,19 @@ class PeerSession:
     async def consume_video(self, track) -> None:
         from aiortc.mediastreams import MediaStreamError
 
-        while True:  # drain every frame, keep only the latest (vision samples it at its own rate)
+        while True:  # drain every frame; the session keeps only the latest and samples it at its own rate
             try:
                 frame = await track.recv()
             except MediaStreamError:
                 return
             self.video_frames_in += 1
-            self.latest_video = frame
             if self.server.vision_enabled:
-                with contextlib.suppress(DuplexError):
+                try:
                     self.session.send_image(frame)
+                except DuplexError as exc:
+                    self.send_json({"type": "error", "message": str(exc)})
+                    if self.session.closed:
+                        return
 
     async def forward_events(self) -> None:
         async for ev in self.session.events():
@@ -168,6 +179,8 @@ class PeerSession:
                 self.send_json({"type": "stats", "step_ms": round(ev.step_ms, 2), "latency_ms": round(ev.latency_ms),
                                 "dropped_input_frames": ev.dropped_input_frames, "sessions": ev.sessions,
                                 "audio_frames_in": self.audio_frames_in, "video_frames_in": self.video_frames_in})
+            elif isinstance(ev, ImageUpdated):
+                self.send_json({"type": "image", "time": ev.time, "encode_ms": round(ev.encode_ms, 1)})
             elif isinstance(ev, Error):
                 self.send_json({"type": "error", "message": f"{ev.kind}: {ev.message}"})
             elif isinstance(ev, Closed):
@@ -177,36 +190,69 @@ class PeerSession:
         if self._closed:
             return
         self._closed = True
-        await self.session.close("peer closed")
-        for t in list(self.tasks):
-            t.cancel()
-        self.out.stop()
-        await self.pc.close()
+        self.watchdog.stop()
         self.server.peers.discard(self)
+        self.server.connections.release(self.ip)
+        try:
+            await self.session.close("peer closed")
+        finally:
+            for t in list(self.tasks):
+                t.cancel()
+            self.out.stop()
+            with contextlib.suppress(Exception):
+                await self.pc.close()
+
+
+MAX_SDP = 64 * 1024
+
+
+def parse_offer(params) -> tuple[str, int | None]:
+    """The browser's offer, every field typed and bounded: (sdp, seed). Raises BadRequest."""
+    if not isinstance(params, dict):
+        raise BadRequest("expected a JSON object {\"sdp\": ..., \"type\": \"offer\"}")
+    sdp, kind = params.get("sdp"), params.get("type")
+    if kind != "offer":
+        raise BadRequest('"type" must be "offer"')
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise BadRequest('"sdp" must be a non-empty string')
+    if len(sdp) > MAX_SDP:
+        raise BadRequest(f'"sdp" is longer than {MAX_SDP} characters')
+    lines = sdp.replace("\r\n", "\n").split("\n")
+    if not any(line.startswith("m=audio ") for line in lines):
+        raise BadRequest("the offer has no audio (m=audio) section: the microphone is required")
+    return sdp, parse_seed(params.get("seed"))
+
+
+def _bad(message: str, status: int = 400) -> web.Response:
+    return web.json_response({"error": message}, status=status)
 
 
 async def handle_offer(request: web.Request) -> web.StreamResponse:
     from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
     server = request.app[SERVER]
-    if server.token and request.query.get("token") != server.token and \
-            request.headers.get("Authorization") != f"Bearer {server.token}":
-        return web.json_response({"error": "missing or wrong token"}, status=401)
     try:
-        params = await request.json()
-        offer = RTCSessionDescription(sdp=str(params["sdp"]), type=str(params["type"]))
-        if offer.type != "offer" or "m=" not in offer.sdp:
-            raise ValueError("expected an SDP offer")
-    except (ValueError, KeyError, TypeError) as exc:
-        return web.json_response({"error": f"bad offer: {exc}"}, status=400)
+        params = json.loads(await request.read())
+        sdp, seed = parse_offer(params)
+    except (ValueError, UnicodeDecodeError) as exc:  # BadRequest and JSONDecodeError are ValueErrors
+        log.info("bad offer from %s: %s", request.remote, exc)
+        return _bad(f"bad offer: {exc}")
+    ip = request.remote or "?"
     try:
-        session = server.agent.session(seed=params.get("seed"))
+        server.connections.acquire(ip)
+    except TooManyConnections as exc:
+        return _bad(str(exc), 429)
+    try:
+        session = server.agent.session(seed=seed)
         await session.open()
-    except SessionLimitError as exc:
-        return web.json_response({"error": f"server full: {exc}"}, status=503)
+    except BaseException as exc:
+        server.connections.release(ip)
+        if isinstance(exc, SessionLimitError):
+            return _bad(f"server full: {exc}", 503)
+        raise
     ice = [RTCIceServer(urls=u) for u in server.ice_servers]
     pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
-    peer = PeerSession(server, pc, session)
+    peer = PeerSession(server, pc, session, ip)
     server.peers.add(peer)
 
     @pc.on("datachannel")
@@ -226,7 +272,7 @@ async def handle_offer(request: web.Request) -> web.StreamResponse:
             await peer.close()
 
     try:
-        await pc.setRemoteDescription(offer)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         for t in pc.getTransceivers():
             if t.kind == "audio":
                 if server.jitter_prefetch is not None and not set_audio_jitter_prefetch(t.receiver,
@@ -234,11 +280,14 @@ async def handle_offer(request: web.Request) -> web.StreamResponse:
                     log.warning("could not shorten aiortc's audio jitter buffer (internals changed?)")
                 t.sender.replaceTrack(peer.out)
                 t.direction = "sendrecv"
-        if not any(t.kind == "audio" for t in pc.getTransceivers()):
-            pc.addTrack(peer.out)
         await pc.setLocalDescription(await pc.createAnswer())
-    except Exception as exc:  # noqa: BLE001 - malformed SDP must not take the server down
+    except Exception as exc:  # noqa: BLE001 - aiortc rejects malformed SDP with many exception types
         await peer.close()
-        return web.json_response({"error": f"bad offer: {exc}"}, status=400)
+        log.info("bad offer from %s: %s: %s", ip, type(exc).__name__, exc)
+        return _bad(f"bad offer: {type(exc).__name__}: {exc}")
+    except BaseException:  # cancelled (the client went away mid-request): nothing may stay behind
+        await peer.close()
+        raise
+    peer.watchdog.start()  # ICE + DTLS + first audio within the handshake deadline, then audio keeps coming
     peer.spawn(peer.forward_events())
     return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
