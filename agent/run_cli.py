@@ -107,26 +107,28 @@ async def _simulate(args, samples: np.ndarray, progress) -> tuple[np.ndarray, li
                     await asyncio.sleep(chunk / RATE)
             await s.end_input()
 
+        def take(ev) -> None:
+            if isinstance(ev, AudioOut) and ev.frame < total:
+                out[ev.frame * FRAME:(ev.frame + 1) * FRAME] = ev.pcm
+            elif isinstance(ev, TextToken) and ev.frame < total:
+                tokens.append(ev)
+            elif isinstance(ev, Transcript):
+                utterances.append(ev)
+            elif isinstance(ev, Error):
+                errors.append(f"{ev.kind}: {ev.message}")
+
         feeder = asyncio.create_task(feed())
         try:
             async for ev in s.events(timeout=60):
-                if isinstance(ev, AudioOut) and ev.frame < total:
-                    out[ev.frame * FRAME:(ev.frame + 1) * FRAME] = ev.pcm
-                elif isinstance(ev, TextToken):
-                    tokens.append(ev)
-                elif isinstance(ev, Transcript):
-                    utterances.append(ev)
-                elif isinstance(ev, Error):
-                    errors.append(f"{ev.kind}: {ev.message}")
+                take(ev)
                 progress(s.frames_out)
                 if s.frames_out >= total:
                     break
         finally:
             feeder.cancel()
         await s.close()
-        async for ev in s.events(timeout=5):  # the final transcript of a still-open utterance
-            if isinstance(ev, Transcript):
-                utterances.append(ev)
+        async for ev in s.events(timeout=5):  # the last frame's remaining events and the final transcript
+            take(ev)
     if errors:
         from agent.cli import UserFacingError
 

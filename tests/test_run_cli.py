@@ -102,3 +102,27 @@ def test_kyutai_release_layout_loads(tmp_path):
     (tmp_path / "tokenizer-e351c8d8-checkpoint125.safetensors").unlink()
     with pytest.raises(ModelNotFoundError, match="Mimi"):
         describe_folder(tmp_path)
+
+
+def test_run_token_stream_keeps_the_last_frames_text(tmp_path, monkeypatch):
+    """Regression: the run stopped reading at the last frame's audio, before that frame's text piece, so the
+    token stream lacked what the transcript line had. A model that never pads its text makes it visible."""
+    from agent import Agent
+    from tests.conftest import chatty_bundle
+
+    bundle = chatty_bundle()
+    silent = torch.tensor([i for i in range(bundle.lm.cfg.text_card) if not bundle.token_text(i)])
+    bundle.lm.text_linear.register_forward_hook(lambda mod, inp, out: out.index_fill(-1, silent, -1e4))
+    monkeypatch.setattr(Agent, "from_pretrained", classmethod(lambda cls, name, config=None: cls(bundle, config)))
+    src, text = tmp_path / "user.wav", tmp_path / "reply.txt"
+    write_wav(src, np.zeros(24000, np.float32))
+    assert main(["run", "--input", str(src), "--output", str(tmp_path / "r.wav"), "--text", str(text),
+                 "--tail", "0.5", "--quiet"]) == 0
+    lines = text.read_text().splitlines()
+    split = lines.index("# token stream: time (s), text piece")
+    said = " ".join(line.split("] ", 1)[1] for line in lines[:split] if line.startswith("["))
+    pieces = [eval(line.split("\t")[1]) for line in lines[split + 1:] if line.strip()]  # noqa: S307 - our repr
+    assert pieces and " ".join("".join(pieces).split()) == " ".join(said.split())
+    frames = -(-(24000 + 12000) // 1920)
+    last = max(float(line.split("\t")[0]) for line in lines[split + 1:] if line.strip())
+    assert abs(last - (frames - 1) * 0.08) < 1e-6  # the last frame's piece is there
