@@ -54,3 +54,50 @@ def test_browser_page_connects_and_exchanges_audio_video_text(tmp_path):
     assert r["textMessages"] > 0, r  # the model's text over the data channel
     stats = r["stats"]
     assert stats["audio_frames_in"] > 0 and stats["video_frames_in"] > 0, stats  # mic and camera reached us
+
+
+@pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed (scripts/setup.sh installs it)")
+def test_browser_camera_reaches_the_model(tmp_path):
+    """The page's camera is what the model sees: asked "what do you see" (spoken, held-out voice) with Chromium's
+    fake camera showing three red circles, the shipped model names them in the page's transcript."""
+    from aiohttp.test_utils import TestServer
+
+    from agent import Agent, AgentConfig
+    from agent.audio import write_wav
+    from agent.serve import build_app
+    from streaming.transports.keys import SERVER
+    from tests.media import scene, spoken, to_48k, write_y4m
+
+    write_wav(tmp_path / "mic.wav", to_48k(spoken("what do you see", lead_s=1.0, tail_s=8.0)), 48000)
+    write_y4m(tmp_path / "camera.y4m", scene(256))
+
+    async def main():
+        app = build_app(Agent.from_pretrained("default", AgentConfig(max_sessions=1)), token="t0k")
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        url = str(server.make_url("/")) + "?token=t0k&autoconnect=1&report=9"
+        proc = await asyncio.create_subprocess_exec(
+            CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={tmp_path / 'mic.wav'}",
+            f"--use-file-for-fake-video-capture={tmp_path / 'camera.y4m'}",
+            "--autoplay-policy=no-user-gesture-required", url,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(400):
+                await asyncio.sleep(0.1)
+                if app[SERVER].client_reports:
+                    break
+        finally:
+            proc.kill()
+            await proc.wait()
+            await server.close()
+        return list(app[SERVER].client_reports)
+
+    reports = asyncio.run(main())
+    assert reports, "the page never reported back"
+    r = reports[0]
+    assert r["connected"] and r["stats"]["video_frames_in"] > 0, r
+    words = r["text"].split()
+    assert "three" in words and "red" in words and "circles" in words, r["text"]
