@@ -21,11 +21,11 @@ class BadRequest(ValueError):
     """A client's request is malformed: answered 400 with this message, logged as one line."""
 
 
-def parse_seed(value, name: str = "seed") -> int | None:
-    """A sampling seed from a client: None, or an integer in [0, 2**63) (as a JSON number or a string)."""
+def parse_seed(value, name: str = "seed", from_query: bool = False) -> int | None:
+    """A sampling seed from a client: None, or an integer in [0, 2**63) (a JSON integer; digits in a query)."""
     if value is None:
         return None
-    if isinstance(value, str):
+    if from_query and isinstance(value, str):
         if not value.isascii() or not value.isdigit() or len(value) > 19:
             raise BadRequest(f"{name} must be an integer in [0, {MAX_SEED}]")
         value = int(value)
@@ -38,7 +38,7 @@ def seed_from_query(request) -> int | None:
     """Moshi clients pass `audio_seed` / `text_seed`; one seed drives both of our streams."""
     for name in ("audio_seed", "text_seed"):
         if name in request.query:
-            return parse_seed(request.query[name], name)
+            return parse_seed(request.query[name], name, from_query=True)
     return None
 
 
@@ -134,12 +134,16 @@ class AuthGuard:
         return q[0] + self.window_s - now if len(q) >= self.max_failed else 0.0
 
     def check(self, ip: str, offered: list[str | None]) -> bool:
-        """True if any offered credential is the token (or no token is set); a wrong one is remembered."""
+        """True if any offered credential is the token (or no token is set); a wrong one is remembered (a
+        missing one is not: that is a forgotten token, not a guess)."""
         if self.token is None:
             return True
         expected = self.token.encode()
-        if any(o is not None and hmac.compare_digest(o.encode(), expected) for o in offered):
+        offered = [o for o in offered if o is not None]
+        if any(hmac.compare_digest(o.encode(), expected) for o in offered):
             return True
+        if not offered:
+            return False
         q = self._failures.setdefault(ip, collections.deque())
         q.append(self.clock())
         if len(self._failures) > 10_000:  # bound the memory an address-hopping attacker can make us keep
