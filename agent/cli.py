@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     from agent import lm_cli
 
     lm_cli.add_bench(bench_sub)
+    from agent.benchmarks import soak
+
+    soak.add_bench(bench_sub)
     return parser
 
 
