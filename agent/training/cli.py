@@ -21,6 +21,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        help="training user voices: base (12 espeak/flite voices), wide (every espeak-ng English "
                             "accent x speaker variant, speeds and pitches, and the flite voices) or wider (wide "
                             "plus festival and piper voices; needs scripts/setup.sh --train); default base")
+    synth.add_argument("--mix", choices=["classic", "listen"], default="classic",
+                       help="listen: 60%% sessions of 1-3 questions in natural phrasings with refusals of "
+                            "out-of-domain requests (classic: single questions)")
     synth.add_argument("--augment", action="store_true",
                        help="warp each dialogue's user speech in tempo/pitch (0.88-1.14x) and vary the noise floor")
     synth.set_defaults(handler=_synth)
@@ -42,7 +45,7 @@ def _synth(args) -> int:
 
     try:
         n = synth_dataset(Path(args.out), args.count, args.seed, held_out=args.held_out, voices=args.voices,
-                          augment=args.augment)
+                          augment=args.augment, mix=args.mix)
     except TTSError as exc:
         raise UserFacingError(str(exc)) from exc
     print(f"wrote {n} new dialogues to {args.out}")

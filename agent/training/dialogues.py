@@ -67,3 +67,63 @@ def sample_qa(rng: random.Random, vision: bool = True) -> QA:
         return QA(kind, f"what colour is the {scene.shape}", f"it is {scene.colour}", [scene.colour], scene)
     return QA(kind, f"how many {scene.shape}s are there", f"there are {NUMBERS[scene.count]}",
               [NUMBERS[scene.count]], scene)
+
+
+# -- natural phrasing, refusals and sessions of several questions (`duplex data synth --mix listen`) ----------
+LISTEN_KINDS = {  # relative frequency of each kind of turn in a listening session
+    "add": 2.0, "sub": 1.5, "count": 1.0, "spell": 1.2, "greet": 0.8, "see": 1.0, "colour": 0.8, "howmany": 1.0,
+    "refuse_near": 1.6, "refuse_out": 1.6, "passage": 0.5,
+}
+VISION_KINDS = ("see", "colour", "howmany")
+
+
+def sample_turn(rng: random.Random, scene: Scene | None, split: str = "train", kind: str | None = None) -> QA:
+    """One question of a session, phrased as people ask it (`split`: "train" or "held_out" phrasings).
+
+    Vision questions with no `scene` shown get NOTHING_SEEN; requests outside the domain get REFUSAL; a read
+    passage gets no answer (empty answer: the agent stays silent)."""
+    from agent.training import phrasing as ph
+
+    if kind is None:
+        kinds = list(LISTEN_KINDS)
+        kind = rng.choices(kinds, weights=[LISTEN_KINDS[k] for k in kinds])[0]
+    if kind == "add":
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        q = ph.phrase(kind, split, rng, a=NUMBERS[a], b=NUMBERS[b])
+        return QA(kind, q, f"{NUMBERS[a]} plus {NUMBERS[b]} is {NUMBERS[a + b]}", [NUMBERS[a + b]])
+    if kind == "sub":
+        a = rng.randint(1, 9)
+        b = rng.randint(0, a)
+        q = ph.phrase(kind, split, rng, a=NUMBERS[a], b=NUMBERS[b])
+        return QA(kind, q, f"{NUMBERS[a]} minus {NUMBERS[b]} is {NUMBERS[a - b]}", [NUMBERS[a - b]])
+    if kind == "count":
+        n = rng.randint(2, 6)
+        return QA(kind, ph.phrase(kind, split, rng, n=NUMBERS[n]), " ".join(NUMBERS[1:n + 1]), [NUMBERS[n]])
+    if kind == "spell":
+        w = rng.choice(WORDS)
+        return QA(kind, ph.phrase(kind, split, rng, w=w), f"{w} is spelled {' '.join(w)}", list(w))
+    if kind == "greet":
+        answer, phrasings = ph.GREETING_INTENTS[rng.choice(list(ph.GREETING_INTENTS))]
+        return QA(kind, rng.choice(phrasings[split]), answer, answer.split()[:1])
+    if kind in VISION_KINDS:
+        shape = scene.shape if scene else rng.choice(SHAPES)
+        q = ph.phrase(kind, split, rng, s=shape, ss=shape + "s")
+        if scene is None:
+            return QA("unseen", q, ph.NOTHING_SEEN, ["not", "anything"], extra={"asked": kind})
+        plural = scene.shape + ("s" if scene.count > 1 else "")
+        if kind == "see":
+            return QA(kind, q, f"i see {NUMBERS[scene.count]} {scene.colour} {plural}",
+                      [NUMBERS[scene.count], scene.colour], scene)
+        if kind == "colour":
+            return QA(kind, q, f"it is {scene.colour}", [scene.colour], scene)
+        return QA(kind, q, f"there are {NUMBERS[scene.count]}", [NUMBERS[scene.count]], scene)
+    if kind == "refuse_near":
+        q = rng.choice(ph.NEAR_DOMAIN[split]).format(
+            a=NUMBERS[rng.randint(2, 9)], b=NUMBERS[rng.randint(2, 9)], w=rng.choice(ph.UNSPELLABLE[split]),
+            n=rng.choice(ph.FAR_COUNTS[split]), s=rng.choice(SHAPES))
+        return QA(kind, q, ph.REFUSAL, ["sorry"])
+    if kind == "refuse_out":
+        return QA(kind, rng.choice(ph.OUT_OF_DOMAIN[split]), ph.REFUSAL, ["sorry"])
+    if kind == "passage":
+        return QA(kind, rng.choice(ph.PASSAGES[split]), "", [])
+    raise ValueError(f"unknown kind {kind}")

@@ -104,6 +104,59 @@ def make_dialogue(rng: random.Random, tts: CachedTTS, voices: list[Voice], visio
             "qa": asdict(qa), "user_end": user_end, "tempo": factor}
 
 
+def make_session(rng: random.Random, tts: CachedTTS, voices: list[Voice], split: str = "train",
+                 augment: Augment | None = None, turns: tuple[int, int] = (1, 3), scene_p: float = 0.6,
+                 kinds: list[str] | None = None) -> dict:
+    """A listening session: 1-3 questions in natural phrasings (`split` picks train or held-out phrasings),
+    back to back or seconds apart, some it must refuse, vision questions with or without an image shown, and
+    read passages it must not answer. `kinds` fixes the kind of each turn (test sets)."""
+    from agent.training.dialogues import COLOURS, SHAPES, Scene, sample_turn
+
+    voice = rng.choice(voices)
+    factor, noise = augment.draw() if augment else (1.0, NOISE_FLOOR)
+
+    def say(text: str) -> np.ndarray:
+        x = tts(text, voice)
+        return warp(x, factor) if factor != 1.0 else x
+
+    scene = Scene(rng.choice(SHAPES), rng.choice(COLOURS), rng.randint(1, 4)) if rng.random() < scene_p else None
+    n = len(kinds) if kinds else rng.randint(*turns)
+    user_parts, agent_parts, words, turn_meta = [], [], [], []
+    cursor = 0  # samples: where the conversation has got to
+    for i in range(n):
+        qa = sample_turn(rng, scene, split, kinds[i] if kinds else None)
+        lead = rng.uniform(0.2, 0.8) if i == 0 else (rng.uniform(0.3, 1.0) if rng.random() < 0.5
+                                                      else rng.uniform(1.0, 4.0))
+        question = say(qa.question) * rng.uniform(0.5, 1.0)
+        q_start = cursor + int(lead * RATE)
+        user_parts.append((q_start, question))
+        user_end = q_start + question.size
+        cursor = user_end
+        if qa.answer:
+            pos = user_end + int(rng.uniform(0.16, 0.32) * RATE)
+            for w in qa.answer.split():
+                a = tts(w, AGENT_VOICE)
+                words.append((pos, w))
+                agent_parts.append((pos, a))
+                pos += a.size + int(0.06 * RATE)
+            cursor = pos
+        meta = asdict(qa)
+        meta.update(user_start=q_start, user_end=user_end)
+        turn_meta.append(meta)
+    total = cursor + int(rng.uniform(0.6, 1.2) * RATE)
+    user, agent = np.zeros(total, np.float32), np.zeros(total, np.float32)
+    for start, x in user_parts:
+        user[start:start + x.size] += x
+    for start, x in agent_parts:
+        agent[start:start + x.size] += x
+    user += np.random.default_rng(rng.randint(0, 2**31)).normal(0, noise, total).astype(np.float32)
+    first = dict(turn_meta[0])
+    first["scene"] = asdict(scene) if scene else None  # the image shown for the whole session
+    kind = turn_meta[0]["kind"] if n == 1 else "session"
+    return {"user": user, "agent": agent, "words": words, "kind": kind, "voice": voice.label, "qa": first,
+            "turns": turn_meta, "user_end": turn_meta[0]["user_end"], "tempo": factor}
+
+
 def _to_int16(x: np.ndarray) -> np.ndarray:
     return (np.clip(x, -1, 1) * 32767).astype(np.int16)
 
@@ -112,12 +165,14 @@ VOICE_POOLS = {"base": TRAIN_USER_VOICES, "wide": WIDE_USER_VOICES, "wider": WID
 
 
 def synth_dataset(out: Path, count: int, seed: int, held_out: bool = False, vision: bool = True,
-                  voices: str = "base", augment: bool = False) -> int:
+                  voices: str = "base", augment: bool = False, mix: str = "classic") -> int:
     """Write `count` dialogues as shards of SHARD; skips shards that already exist (resumable).
 
     `voices` picks the training user-voice pool ("base": the 12 voices of the first shipped model, "wide": 200+,
     "wider": those plus festival and piper voices);
-    `augment` warps each dialogue's user speech in tempo/pitch and varies its noise floor."""
+    `augment` warps each dialogue's user speech in tempo/pitch and varies its noise floor;
+    `mix` "listen": 60% listening sessions (`make_session`: natural phrasings, refusals, several questions), 40%
+    classic dialogues (single questions, silences, barge-ins)."""
     pool = [HELD_OUT_VOICE] if held_out else VOICE_POOLS[voices]
     check_engines(pool + [AGENT_VOICE])
     out.mkdir(parents=True, exist_ok=True)
@@ -135,7 +190,10 @@ def synth_dataset(out: Path, count: int, seed: int, held_out: bool = False, visi
             aug = Augment(random.Random(seed * 7_919 + s)) if augment else None
             items = []
             for _ in range(n):
-                d = make_dialogue(rng, tts, pool, vision, aug)
+                if mix == "listen" and rng.random() < 0.6:
+                    d = make_session(rng, tts, pool, "train", aug)
+                else:
+                    d = make_dialogue(rng, tts, pool, vision, aug)
                 d["user"], d["agent"] = _to_int16(d["user"]), _to_int16(d["agent"])
                 items.append(d)
                 bar.update()
