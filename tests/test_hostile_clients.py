@@ -443,3 +443,35 @@ def test_webrtc_connect_disconnect_cycles_keep_nothing(bundle):
     assert not state.peers and not state.agent._sessions and len(state.connections) == 0
     assert len(alive) == 48 and sum(r() is not None for r in alive) == 0
     assert fds[1] <= fds[0] + 2, fds
+
+
+def test_server_shutdown_frees_every_session(bundle):
+    """Sessions still connected when the server stops are closed with it (WebSocket and WebRTC)."""
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+
+    from streaming.transports.keys import SERVER
+    from tests.media import audio_track
+
+    async def main():
+        server = await start_server(bundle, max_sessions=3)
+        state = server.app[SERVER]
+        http = aiohttp.ClientSession()
+        ws = await http.ws_connect(server.make_url("/api/chat"))
+        await ws.receive_bytes(timeout=10)
+        pc = RTCPeerConnection()
+        pc.addTrack(audio_track(np.zeros(48000, np.float32)))
+        await pc.setLocalDescription(await pc.createOffer())
+        resp = await http.post(server.make_url("/offer"), json={"sdp": pc.localDescription.sdp, "type": "offer"})
+        await pc.setRemoteDescription(RTCSessionDescription(**await resp.json()))
+        assert state.agent.engine.sessions == 2
+        sessions = list(state.agent._sessions)
+        await server.close()
+        closed = [s.closed for s in sessions]
+        leftover = (state.agent.engine.sessions, len(state.peers), len(state.websockets))
+        await pc.close()
+        await http.close()
+        return closed, leftover
+
+    closed, leftover = asyncio.run(main())
+    assert all(closed) and len(closed) == 2
+    assert leftover == (0, 0, 0)
