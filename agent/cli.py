@@ -39,9 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     from agent import lm_cli
 
     lm_cli.add_bench(bench_sub)
-    from agent.benchmarks import soak
+    from agent.benchmarks import listening, soak
 
     soak.add_bench(bench_sub)
+    listening.add_bench(bench_sub)
     return parser
 
 
