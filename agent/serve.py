@@ -52,6 +52,23 @@ def _credentials(request: web.Request) -> list[str | None]:
             bearer[7:] if bearer.startswith("Bearer ") else None]
 
 
+TOKEN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>duplex: token needed</title>
+<style>body{{font:16px system-ui,sans-serif;background:#0f1419;color:#e6edf3;display:grid;place-items:center;
+min-height:100vh;margin:0}}form{{background:#182029;border:1px solid #2a3541;border-radius:10px;padding:1.5rem;
+max-width:26rem}}#error{{color:#ffb4ae}}input{{font:inherit;padding:.4rem;width:100%;margin:.6rem 0}}
+button{{font:inherit;padding:.5rem 1rem;background:#4aa3ff;color:#fff;border:0;border-radius:8px}}</style></head>
+<body><form method="get" action="/"><h1>duplex</h1><p id="error" role="alert">{message}</p>
+<input name="token" type="password" placeholder="token" aria-label="token" autofocus>
+<button>Open</button></form></body></html>"""
+
+
+def _token_page(wrong: bool) -> web.Response:
+    message = ("Wrong token: check it with whoever runs this server." if wrong else
+               "This server needs a token: enter the one you were given.")
+    return web.Response(text=TOKEN_PAGE.format(message=message), content_type="text/html", status=401)
+
+
 def _middlewares(state: ServerState):
     @web.middleware
     async def guard(request: web.Request, handler):
@@ -63,6 +80,8 @@ def _middlewares(state: ServerState):
                                          headers={"Retry-After": str(max(1, round(wait)))})
             if not state.auth.check(ip, _credentials(request)):
                 log.info("wrong or missing token from %s for %s", ip, request.path)
+                if request.path == "/":  # a person at the page: say what is wrong, in the page's own words
+                    return _token_page(wrong=any(_credentials(request)))
                 return web.json_response({"error": "missing or wrong token (?token=, ?worker_auth_id= for Moshi "
                                                    "clients, or Authorization: Bearer)"}, status=401)
         try:
