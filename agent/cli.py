@@ -39,10 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     from agent import lm_cli
 
     lm_cli.add_bench(bench_sub)
-    from agent.benchmarks import listening, soak
+    from agent.benchmarks import aec, listening, soak
 
     soak.add_bench(bench_sub)
     listening.add_bench(bench_sub)
+    aec.add_bench(bench_sub)
     return parser
 
 

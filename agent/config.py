@@ -16,6 +16,7 @@ class AgentConfig:
     silence_frames_for_transcript: int = 6  # padding frames that close an utterance (~0.5 s)
     vision_fps: float = 2.0  # camera frames are sampled at most this often
     vision_min_change: float = 0.02  # ... and skipped when they barely differ from the view already encoded
+    aec: bool = False  # cancel the model's own voice (AudioOut, as emitted) from send_audio's microphone input
     device: str = "auto"
     threads: int | None = None  # torch CPU threads (None: leave as is)
 

@@ -47,6 +47,11 @@ class Session:
         self._camera_task: asyncio.Task | None = None
         self.images_skipped = 0
         self.damaged_input = 0  # damaged input the transport skipped (e.g. Ogg pages); the session went on
+        self.echo_canceller = None
+        if agent.config.aec:  # the model's voice, as emitted, is the reference; send_audio's input the microphone
+            from agent.aec import EchoCanceller
+
+            self.echo_canceller = EchoCanceller()
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def __aenter__(self) -> Session:
@@ -125,6 +130,8 @@ class Session:
             if tail is not None and tail.size:
                 out.append(tail)
         out.append(self._resampler(mono))
+        if self.echo_canceller is not None:
+            out = [self.echo_canceller.near(x) for x in out]
         return out
 
     async def _push(self, slot: SessionSlot, samples: np.ndarray) -> None:
@@ -284,6 +291,8 @@ class Session:
             self._latency_ms = (out.delivered - out.arrived) * 1e3
         if out.gate is not None and self._shown_image is not None:
             self._emit(ImageGate(frame=out.frame, time=t, gate=out.gate))
+        if self.echo_canceller is not None:
+            self.echo_canceller.far(out.pcm)  # silence too: the reference follows what is played, frame by frame
         if out.valid:
             self._emit(AudioOut(pcm=out.pcm, frame=out.frame))
             text = self.agent.bundle.token_text(out.text)

@@ -85,7 +85,11 @@ def _level(x: np.ndarray) -> float:
 
 
 class SoundDeviceIO(AudioIO):
-    def __init__(self, input_device=None, output_device=None):
+    """`aec`: cancel the model's own voice from the microphone (on by default in `duplex chat`): what the
+    callback plays and what it records are handed to the canceller together, with PortAudio's measured
+    input + output latency as the playback-to-capture delay."""
+
+    def __init__(self, input_device=None, output_device=None, aec: bool = False):
         try:
             import sounddevice as sd
         except OSError as exc:  # raised when the PortAudio library is missing
@@ -97,21 +101,37 @@ class SoundDeviceIO(AudioIO):
         self._ring = _OutputRing()
         self._stream = None
         self.muted = False
+        self.canceller = None
+        if aec:
+            from agent.aec import EchoCanceller
+
+            self.canceller = EchoCanceller()
 
     def start(self, loop, on_input) -> None:
+        canceller = self.canceller
+
+        def deliver(mic: np.ndarray, played: np.ndarray) -> None:  # on the event loop
+            on_input(canceller.process(mic, played))
+
         def callback(indata, outdata, frames, time_info, status):  # PortAudio thread: never block here
             mono = indata[:, 0].copy()
             self.input_level = _level(mono)
-            loop.call_soon_threadsafe(on_input, mono)
             out, full = self._ring.pull(frames)
             if not full:
                 self.underruns += 1
             self.output_level = _level(out)
             outdata[:, 0] = out
+            if canceller is None:
+                loop.call_soon_threadsafe(on_input, mono)
+            else:
+                loop.call_soon_threadsafe(deliver, mono, out)
 
         self._stream = self._sd.Stream(samplerate=RATE, blocksize=BLOCK, device=self.device, channels=1,
                                        dtype="float32", callback=callback, latency="low")
         self._stream.start()
+        if canceller is not None:  # measured by PortAudio for this stream: capture + playback latency
+            latency_in, latency_out = self._stream.latency
+            canceller.delay_ms = int(round((latency_in + latency_out) * 1000))
 
     def play(self, pcm: np.ndarray) -> None:
         self._ring.push(pcm)

@@ -17,6 +17,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-file", help="use an audio file as the microphone (no audio hardware needed)")
     p.add_argument("--output-file", help="record the model's audio to this WAV file instead of playing it")
     p.add_argument("--camera", help="an image file to show the model with the 'i' key (vision models)")
+    p.add_argument("--no-aec", action="store_true",
+                   help="turn off echo cancellation of the model's own voice (on by default when the model plays "
+                        "on a device; headphones do not need it)")
     p.add_argument("--seed", type=int, default=None)
     add_model_args(p)
     p.set_defaults(handler=_chat)
@@ -43,7 +46,9 @@ def _chat(args) -> int:
         if args.output_file:
             raise UserFacingError("--output-file works with --input-file (otherwise audio plays on the speakers)")
         try:
-            audio = SoundDeviceIO(_device(args.input_device), _device(args.output_device))
+            audio = SoundDeviceIO(_device(args.input_device), _device(args.output_device), aec=not args.no_aec)
+        except ImportError as exc:
+            raise UserFacingError(f"{exc}\n  Or run without it: duplex chat --no-aec (use headphones)") from exc
         except RuntimeError as exc:
             raise UserFacingError(
                 f"{exc}\n  Without audio hardware use --input-file user.wav --output-file reply.wav") from exc
