@@ -22,16 +22,29 @@ class ChatApp(App):
     ProgressBar { width: 1fr; }
     #transcript { height: 1fr; border: round $accent; }
     #stats { height: 1; color: $text-muted; }
+    #camera-row { height: auto; }
+    #preview { width: 34; height: auto; border: round $accent; }
+    #vision { width: 1fr; padding: 0 1; color: $text-muted; }
     """
     BINDINGS = [Binding("m", "toggle_mute", "mute/unmute"), Binding("i", "snapshot", "send camera image"),
                 Binding("q", "quit", "quit")]
 
-    def __init__(self, agent_factory, audio: AudioIO, seed: int | None = None, camera: str | None = None):
+    def __init__(self, agent_factory, audio: AudioIO, seed: int | None = None, camera=None):
+        """`camera`: a `tui.camera.CameraSource` (webcam, looped video file or still image), or a path to one."""
         super().__init__()
         self.agent_factory = agent_factory
         self.audio = audio
         self.seed = seed
-        self.camera = Path(camera) if camera else None
+        if isinstance(camera, (str, Path)):
+            from tui.camera import CameraSource
+
+            camera = CameraSource(str(camera))
+        self.camera = camera
+        self.camera_frames_sent = 0
+        self.views_seen = 0
+        self.gate = 0.0
+        self._sent_index = -1
+        self._preview_index = -1
         self.muted = False
         self.session = None
         self.agent = None
@@ -46,6 +59,10 @@ class ChatApp(App):
             yield ProgressBar(total=100, show_eta=False, show_percentage=False, id="mic")
             yield Static("model", classes="meter-label")
             yield ProgressBar(total=100, show_eta=False, show_percentage=False, id="out")
+        if self.camera is not None:
+            with Horizontal(id="camera-row"):
+                yield Static("", id="preview")
+                yield Static("camera starting...", id="vision")
         yield RichLog(id="transcript", wrap=True, max_lines=2000)
         yield Static("connecting...", id="stats")
         yield Footer()
@@ -55,7 +72,7 @@ class ChatApp(App):
         await self.agent.start()
         self.session = self.agent.session(seed=self.seed)
         await self.session.open()
-        from agent.events import AudioOut, Error, Stats, TextToken, Transcript
+        from agent.events import AudioOut, Error, ImageGate, ImageUpdated, Stats, TextToken, Transcript
 
         log = self.query_one("#transcript", RichLog)
         self.session.on(AudioOut, lambda ev: self.audio.play(ev.pcm))
@@ -67,6 +84,11 @@ class ChatApp(App):
         self.audio.start(asyncio.get_running_loop(), self._on_mic)
         self.set_interval(1 / 15, self._refresh_meters)
         self.sub_title = f"model: {self.agent.bundle.name}"
+        if self.camera is not None:
+            self.session.on(ImageUpdated, self._on_view)
+            self.session.on(ImageGate, self._on_gate)
+            self.camera.start()
+            self.set_interval(1 / 10, self._camera_tick)
 
     async def _drain(self) -> None:
         async for _ in self.session.events():  # callbacks do the work; this keeps the queue empty
@@ -108,19 +130,55 @@ class ChatApp(App):
         self.muted = not self.muted
         self.notify("microphone muted" if self.muted else "microphone live")
 
-    def action_snapshot(self) -> None:
-        if self.camera is None:
-            self.notify("no --camera image path given", severity="warning")
-            return
+    def _camera_tick(self) -> None:
+        """Offer the newest camera frame to the session (it samples and skips near-duplicates itself) and
+        refresh the preview."""
         from agent.errors import DuplexError
 
-        try:
-            self.session.send_image(self.camera)
-            self.notify(f"sent {self.camera.name}")
-        except DuplexError as exc:
-            self.notify(str(exc), severity="error")
+        latest = self.camera.latest()
+        vision = self.query_one("#vision", Static)
+        if latest is None:
+            if self.camera.error:
+                vision.update(f"[red]camera: {self.camera.error}[/red]")
+            return
+        index, rgb = latest
+        if index != self._sent_index and self.session is not None and not self.session.closed:
+            self._sent_index = index
+            try:
+                self.session.send_image(rgb)
+                self.camera_frames_sent += 1
+            except DuplexError as exc:
+                vision.update(f"[red]{exc}[/red]")
+                return
+        if index != self._preview_index:
+            from tui.camera import half_blocks
+
+            self._preview_index = index
+            self.query_one("#preview", Static).update(half_blocks(rgb))
+        vision.update(f"camera: {self.camera.kind} {self.camera.spec}\nframes offered {self.camera_frames_sent} · "
+                      f"views the model took in {self.views_seen}\nimage gate {self.gate:.2f} "
+                      f"(how much its words draw on the view)")
+
+    def _on_view(self, ev) -> None:
+        self.views_seen += 1
+
+    def _on_gate(self, ev) -> None:
+        self.gate = ev.gate
+
+    def action_snapshot(self) -> None:
+        if self.camera is None:
+            self.notify("no --camera given", severity="warning")
+            return
+        if self.camera.kind != "image":
+            self.notify("the camera is live: the model already sees it")
+            return
+        self._sent_index = -1  # a still image: offer it again now
+        self._camera_tick()
+        self.notify(f"sent {self.camera.spec}")
 
     async def on_unmount(self) -> None:
         self.audio.stop()
+        if self.camera is not None:
+            self.camera.stop()
         if self.agent is not None:
             await self.agent.close()

@@ -10,13 +10,15 @@ def add_command(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("chat", help="talk to the model in the terminal (microphone + speakers)",
                        description="A terminal UI: live transcript, level meters, latency and dropped-frame stats. "
-                                   "Keys: m mute, i send the --camera image, q quit.")
+                                   "Keys: m mute, i send the --camera image again (stills), q quit.")
     p.add_argument("--input-device", help="sounddevice input device (name or index; see --list-devices)")
     p.add_argument("--output-device", help="sounddevice output device (name or index)")
     p.add_argument("--list-devices", action="store_true", help="print audio devices and exit")
     p.add_argument("--input-file", help="use an audio file as the microphone (no audio hardware needed)")
     p.add_argument("--output-file", help="record the model's audio to this WAV file instead of playing it")
-    p.add_argument("--camera", help="an image file to show the model with the 'i' key (vision models)")
+    p.add_argument("--camera", metavar="DEVICE|FILE",
+                   help="what the model sees (vision models): a webcam (0 or /dev/video0 on Linux, an index or name "
+                        "on macOS/Windows), a video file looped as a live camera, or a still image")
     p.add_argument("--no-aec", action="store_true",
                    help="turn off echo cancellation of the model's own voice (on by default when the model plays "
                         "on a device; headphones do not need it)")
@@ -56,9 +58,17 @@ def _chat(args) -> int:
     from agent.registry import resolve
 
     resolve(args.model)  # fail early, before the terminal switches to the UI, with the registry's message
+    camera = None
+    if args.camera:
+        from tui.camera import CameraError, CameraSource
+
+        try:
+            camera = CameraSource(args.camera)
+        except CameraError as exc:
+            raise UserFacingError(str(exc)) from exc
 
     def factory():
         return Agent.from_pretrained(args.model, AgentConfig(max_sessions=1, device=args.device))
 
-    ChatApp(factory, audio, seed=args.seed, camera=args.camera).run()
+    ChatApp(factory, audio, seed=args.seed, camera=camera).run()
     return 0
