@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     tui_cli.add_command(sub)
     codec_cli.add_commands(sub)
+    from agent import convert_cli
+
+    convert_cli.add_commands(sub)
     from agent.training import cli as training_cli
 
     training_cli.add_commands(sub)
