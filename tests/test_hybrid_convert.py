@@ -130,3 +130,58 @@ def test_convert_cli_writes_a_folder_that_duplex_run_loads(tmp_path, capsys):
     assert main(["run", "--model", str(out), "--input", str(tmp_path / "in.wav"), "--output",
                  str(tmp_path / "out.wav"), "--quiet"]) == 0
     assert (tmp_path / "out.wav").is_file()
+
+
+@pytest.mark.skipif(__import__("shutil").which("espeak-ng") is None, reason="espeak-ng not installed")
+@torch.enable_grad()  # conftest runs tests under no_grad
+def test_conversion_then_short_distillation_lowers_held_out_kl(tmp_path):
+    """`duplex convert hybrid` then `duplex train distill` (a few steps, resumable, exported): the student's KL
+    from the teacher on held-out dialogues drops."""
+    import dataclasses
+    import random
+    import shutil
+
+    from agent.bundle import write_manifest
+    from agent.cli import main
+    from agent.registry import EMBEDDED_DIR, resolve
+    from agent.training.distill import distill_loss
+    from agent.training.lm_data import load_or_encode
+    from agent.training.lm_train import Batcher
+    from agent.training.synth import synth_dataset
+    from models.codec import load_codec
+    from models.lm import load_lm
+    from models.lm.checkpoint import save_lm
+    from models.lm.tokenizer import TextTokenizer
+
+    shipped = resolve("default")
+    cfg = dataclasses.replace(load_lm(shipped.lm).cfg, pattern=None, vision=None, num_layers=3)
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    torch.manual_seed(0)
+    save_lm(LMModel(cfg).eval(), teacher / "lm.safetensors")
+    shutil.copyfile(EMBEDDED_DIR / "default" / "codec.safetensors", teacher / "codec.safetensors")
+    shutil.copyfile(shipped.tokenizer, teacher / "tokenizer.model")
+    write_manifest(teacher, "attention teacher", True, "tokenizer.model")
+    synth_dataset(tmp_path / "train", 16, seed=0, vision=False)
+    synth_dataset(tmp_path / "held", 8, seed=5, vision=False)
+    student = tmp_path / "student"
+    assert main(["convert", "hybrid", str(teacher), "--pattern", "MAA", "--out", str(student)]) == 0
+
+    def held_out_kl(folder) -> float:
+        t, s = load_lm(teacher / "lm.safetensors").eval(), load_lm(folder / "lm.safetensors").eval()
+        codec = load_codec(teacher / "codec.safetensors", num_codebooks=t.cfg.user_streams)
+        examples = load_or_encode(tmp_path / "held", tmp_path / "held.pt", codec,
+                                  TextTokenizer(teacher / "tokenizer.model"), 64)
+        silence = codec.encode(torch.zeros(1, 1, codec.frame_size * 4))[0, :, -1]
+        inputs, targets, images, _ = Batcher(examples, t.cfg, silence, 33, random.Random(0)).batch(8)
+        with torch.no_grad():
+            return float(distill_loss(t, s, inputs, targets, images)[0])
+
+    args = ["train", "distill", "--teacher", str(teacher), "--student", str(student), "--data",
+            str(tmp_path / "train"), "--run", str(tmp_path / "run"), "--batch", "4", "--frames", "32",
+            "--lr", "3e-3", "--hidden-weight", "1.0", "--save-every", "10"]
+    assert main(args + ["--steps", "10"]) == 0
+    assert main(args + ["--steps", "25", "--export", str(tmp_path / "distilled")]) == 0  # resumes at step 10
+    before, after = held_out_kl(student), held_out_kl(tmp_path / "distilled")
+    assert after < 0.7 * before, (before, after)
+    assert load_lm(tmp_path / "distilled" / "lm.safetensors").cfg.layer_kinds == "MAA"
