@@ -14,6 +14,21 @@ from textual.widgets import Footer, Header, ProgressBar, RichLog, Static
 from tui.audio_io import AudioIO
 
 
+def _preview_widget():
+    """The camera preview: real pixels through a terminal graphics protocol (kitty's TGP or Sixel, detected by
+    textual-image) on a terminal that has one; half-block characters otherwise (and off a terminal)."""
+    import sys
+
+    if sys.stdout.isatty():
+        try:
+            from textual_image.widget import Image as GraphicsImage
+
+            return GraphicsImage(id="preview")
+        except ImportError:
+            pass
+    return Static("", id="preview")
+
+
 class ChatApp(App):
     TITLE = "duplex chat"
     CSS = """
@@ -61,7 +76,7 @@ class ChatApp(App):
             yield ProgressBar(total=100, show_eta=False, show_percentage=False, id="out")
         if self.camera is not None:
             with Horizontal(id="camera-row"):
-                yield Static("", id="preview")
+                yield _preview_widget()
                 yield Static("camera starting...", id="vision")
         yield RichLog(id="transcript", wrap=True, max_lines=2000)
         yield Static("connecting...", id="stats")
@@ -151,10 +166,16 @@ class ChatApp(App):
                 vision.update(f"[red]{exc}[/red]")
                 return
         if index != self._preview_index:
-            from tui.camera import half_blocks
-
             self._preview_index = index
-            self.query_one("#preview", Static).update(half_blocks(rgb))
+            preview = self.query_one("#preview")
+            if isinstance(preview, Static):
+                from tui.camera import half_blocks
+
+                preview.update(half_blocks(rgb))
+            else:  # a terminal graphics protocol (kitty's TGP or Sixel), through textual-image
+                from PIL import Image
+
+                preview.image = Image.fromarray(rgb)
         vision.update(f"camera: {self.camera.kind} {self.camera.spec}\nframes offered {self.camera_frames_sent} · "
                       f"views the model took in {self.views_seen}\nimage gate {self.gate:.2f} "
                       f"(how much its words draw on the view)")
