@@ -61,3 +61,30 @@ def test_answers_fixed_colour_questions_from_the_camera_view():
     for d, (texts, _) in zip(dialogues, results):
         answer = "".join(texts[d["user_end"] // FRAME_SIZE:]).split()
         assert d["qa"]["scene"]["colour"] in answer, (d["qa"]["scene"], answer)
+
+
+@pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed (scripts/setup.sh installs it)")
+def test_declines_an_unrelated_request_and_answers_reworded_questions():
+    """Seeded, in the held-out voice: a request outside its domain (in no training or test list) gets a refusal or
+    silence, never an invented sum or spelling; questions phrased as people say them are answered exactly. (How
+    often this holds across many requests and phrasings: `duplex bench listening`, docs/benchmarks.md.)"""
+    from agent.benchmarks.quality import run_dialogues
+    from agent.training.phrasing import REFUSAL
+    from agent.training.tts import HELD_OUT_VOICE, CachedTTS
+    from models.codec import FRAME_SIZE, SAMPLE_RATE
+
+    tts = CachedTTS()
+    asked = [("please book me a flight to paris", None), ("what's two plus three", "two plus three is five"),
+             ("how do you spell dog", "dog is spelled d o g")]
+    dialogues = []
+    for question, _ in asked:
+        speech = tts(question, HELD_OUT_VOICE)
+        lead = np.zeros(SAMPLE_RATE // 2, np.float32)
+        user = np.concatenate([lead, speech, np.zeros(SAMPLE_RATE * 3, np.float32)])
+        dialogues.append({"user": (np.clip(user, -1, 1) * 32767).astype(np.int16), "user_end": lead.size + speech.size,
+                          "qa": {}})
+    results = run_dialogues(load_bundle(resolve("default"), device="cpu"), dialogues, batch=len(asked))
+    said = [" ".join("".join(texts[d["user_end"] // FRAME_SIZE:]).split()) for d, (texts, _) in zip(dialogues, results)]
+    assert said[0] in ("", REFUSAL), said[0]  # no invented answer
+    for (question, expected), got in zip(asked[1:], said[1:]):
+        assert got == expected, (question, got)
