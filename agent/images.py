@@ -57,6 +57,26 @@ def encoded_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def _encoded(image) -> bytes | None:
+    """The bytes of an encoded image given as a file path or bytes; None for anything else."""
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise InvalidImageError(f"image file not found: {path}")
+        return path.read_bytes()
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image)
+    return None
+
+
+def _check_encoded(data: bytes) -> None:
+    if not data:
+        raise InvalidImageError("empty image bytes")
+    size = encoded_size(data)
+    if size is not None:
+        _check_dims(*size)
+
+
 def check(image):
     """Validate cheaply what `to_rgb` will decode; returns the image in a form `to_rgb` takes (a file's bytes).
 
@@ -64,18 +84,9 @@ def check(image):
     if hasattr(image, "to_ndarray") and hasattr(image, "width"):  # av.VideoFrame
         _check_dims(image.width, image.height)
         return image
-    if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise InvalidImageError(f"image file not found: {path}")
-        image = path.read_bytes()
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        data = bytes(image)
-        if not data:
-            raise InvalidImageError("empty image bytes")
-        size = encoded_size(data)
-        if size is not None:
-            _check_dims(*size)
+    data = _encoded(image)
+    if data is not None:
+        _check_encoded(data)
         return data
     return to_rgb(image)  # arrays: the checks are the conversion
 
@@ -85,13 +96,9 @@ def to_rgb(image) -> np.ndarray:
     if hasattr(image, "to_ndarray") and hasattr(image, "width"):  # av.VideoFrame (aiortc camera)
         _check_dims(image.width, image.height)
         return image.to_ndarray(format="rgb24")
-    if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise InvalidImageError(f"image file not found: {path}")
-        image = path.read_bytes()
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return _decode(bytes(image))
+    data = _encoded(image)
+    if data is not None:
+        return _decode(data)
     if hasattr(image, "detach"):
         image = image.detach().cpu().numpy()
     if not isinstance(image, np.ndarray):
@@ -114,11 +121,7 @@ def to_rgb(image) -> np.ndarray:
 
 
 def _decode(data: bytes) -> np.ndarray:
-    if not data:
-        raise InvalidImageError("empty image bytes")
-    size = encoded_size(data)
-    if size is not None:
-        _check_dims(*size)
+    _check_encoded(data)
     import av
 
     try:

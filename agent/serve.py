@@ -78,10 +78,11 @@ def _middlewares(state: ServerState):
             if wait > 0:
                 return web.json_response({"error": f"too many wrong tokens; retry in {wait:.0f} s"}, status=429,
                                          headers={"Retry-After": str(max(1, round(wait)))})
-            if not state.auth.check(ip, _credentials(request)):
+            offered = _credentials(request)
+            if not state.auth.check(ip, offered):
                 log.info("wrong or missing token from %s for %s", ip, request.path)
                 if request.path == "/":  # a person at the page: say what is wrong, in the page's own words
-                    return _token_page(wrong=any(_credentials(request)))
+                    return _token_page(wrong=any(offered))
                 return web.json_response({"error": "missing or wrong token (?token=, ?worker_auth_id= for Moshi "
                                                    "clients, or Authorization: Bearer)"}, status=401)
         try:

@@ -15,6 +15,28 @@ from models.lm.hybrid_convert import (
 )
 
 
+def _attention_folder(folder, **changes):
+    """A model folder with the shipped codec and tokenizer and a seeded all-attention LM of the shipped widths
+    (`changes` to its config)."""
+    import dataclasses
+    import shutil
+
+    from agent.bundle import write_manifest
+    from agent.registry import EMBEDDED_DIR, resolve
+    from models.lm import load_lm
+    from models.lm.checkpoint import save_lm
+
+    shipped = resolve("default")
+    cfg = dataclasses.replace(load_lm(shipped.lm).cfg, pattern=None, **changes)
+    folder.mkdir()
+    torch.manual_seed(0)
+    save_lm(LMModel(cfg).eval(), folder / "lm.safetensors")
+    shutil.copyfile(EMBEDDED_DIR / "default" / "codec.safetensors", folder / "codec.safetensors")
+    shutil.copyfile(shipped.tokenizer, folder / "tokenizer.model")
+    write_manifest(folder, "attention-only test model", True, "tokenizer.model")
+    return cfg
+
+
 @pytest.mark.parametrize("kv_heads", [None, 2], ids=["MHA", "GQA"])
 def test_without_decay_a_converted_layer_is_the_attentions_linear_attention(kv_heads, monkeypatch):
     """A = 0, dt = 1, identity convolution, no gated norm: the Mamba2 mixer computes causal linear attention
@@ -96,27 +118,14 @@ def test_conversion_errors_and_state_per_session():
 def test_convert_cli_writes_a_folder_that_duplex_run_loads(tmp_path, capsys):
     """`duplex convert hybrid` on an all-attention model folder (the shipped codec and tokenizer with an
     attention-only LM of the shipped shape), then `duplex run --model` on the result."""
-    import dataclasses
-    import shutil
-
     import numpy as np
 
     from agent.audio import write_wav
-    from agent.bundle import write_manifest
     from agent.cli import main
-    from agent.registry import EMBEDDED_DIR, resolve
     from models.lm import load_lm
-    from models.lm.checkpoint import save_lm
 
-    shipped = resolve("default")
-    cfg = dataclasses.replace(load_lm(shipped.lm).cfg, pattern=None)  # all attention, the shipped widths
     src = tmp_path / "attention"
-    src.mkdir()
-    torch.manual_seed(0)
-    save_lm(LMModel(cfg).eval(), src / "lm.safetensors")
-    shutil.copyfile(EMBEDDED_DIR / "default" / "codec.safetensors", src / "codec.safetensors")
-    shutil.copyfile(shipped.tokenizer, src / "tokenizer.model")
-    write_manifest(src, "attention-only test model", True, "tokenizer.model")
+    cfg = _attention_folder(src)
 
     out = tmp_path / "hybrid"
     assert main(["convert", "hybrid", str(src), "--pattern", "MMA", "--out", str(out)]) == 0
@@ -137,31 +146,19 @@ def test_convert_cli_writes_a_folder_that_duplex_run_loads(tmp_path, capsys):
 def test_conversion_then_short_distillation_lowers_held_out_kl(tmp_path):
     """`duplex convert hybrid` then `duplex train distill` (a few steps, resumable, exported): the student's KL
     from the teacher on held-out dialogues drops."""
-    import dataclasses
     import random
-    import shutil
 
-    from agent.bundle import write_manifest
     from agent.cli import main
-    from agent.registry import EMBEDDED_DIR, resolve
     from agent.training.distill import distill_loss
     from agent.training.lm_data import load_or_encode
     from agent.training.lm_train import Batcher
     from agent.training.synth import synth_dataset
     from models.codec import load_codec
     from models.lm import load_lm
-    from models.lm.checkpoint import save_lm
     from models.lm.tokenizer import TextTokenizer
 
-    shipped = resolve("default")
-    cfg = dataclasses.replace(load_lm(shipped.lm).cfg, pattern=None, vision=None, num_layers=3)
     teacher = tmp_path / "teacher"
-    teacher.mkdir()
-    torch.manual_seed(0)
-    save_lm(LMModel(cfg).eval(), teacher / "lm.safetensors")
-    shutil.copyfile(EMBEDDED_DIR / "default" / "codec.safetensors", teacher / "codec.safetensors")
-    shutil.copyfile(shipped.tokenizer, teacher / "tokenizer.model")
-    write_manifest(teacher, "attention teacher", True, "tokenizer.model")
+    _attention_folder(teacher, vision=None, num_layers=3)
     synth_dataset(tmp_path / "train", 16, seed=0, vision=False)
     synth_dataset(tmp_path / "held", 8, seed=5, vision=False)
     student = tmp_path / "student"

@@ -10,11 +10,11 @@ and its self-interruption rate (answers cut short, or extra answers to its own v
 from __future__ import annotations
 
 import asyncio
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
+from agent.benchmarks.quality import _words
 from models.codec import FRAME_SIZE as FRAME
 from models.codec import SAMPLE_RATE as RATE
 
@@ -45,10 +45,6 @@ class RoomRun:
     echo: np.ndarray
     cleaned: np.ndarray | None
     question_end: int
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z]+", text.lower())
 
 
 async def run_room(bundle, user: np.ndarray, question_end: int, aec: bool, room: Room, seed: int = 0) -> RoomRun:

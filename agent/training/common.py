@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -38,6 +39,23 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def warmup_cosine(step: int, warm: int, total: int) -> float:
+    """LR factor: linear warm-up over `warm` steps, then a cosine from 1 down to 0.1 at `total`."""
+    if step < warm:
+        return (step + 1) / warm
+    p = (step - warm) / max(1, total - warm)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+
+
+def optimizer_step(loss: torch.Tensor, opt, sched, params, max_norm: float = 1.0) -> None:
+    """One update: backward, clip the gradient norm, step the optimizer and the schedule."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    opt.step()
+    sched.step()
 
 
 def save_checkpoint(path: Path, **state) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import shutil
 import time
@@ -24,11 +23,13 @@ from agent.training.common import (
     add_loop_args,
     data_folders,
     load_checkpoint,
+    optimizer_step,
     pick_device,
     rng_state,
     save_checkpoint,
     seed_everything,
     set_rng_state,
+    warmup_cosine,
 )
 
 
@@ -141,13 +142,7 @@ def run(args) -> int:
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=args.lr, betas=(0.9, 0.95),
                             weight_decay=0.0)
     warm = min(100, args.steps // 10 + 1)
-
-    def lr_at(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, args.steps - warm))))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warm, args.steps))
     step = 0
     ckpt_path = run_dir / "distill.pt"
     ckpt = load_checkpoint(ckpt_path)
@@ -173,11 +168,7 @@ def run(args) -> int:
             inputs, targets, images, _ = batcher.batch(args.batch)
             loss, parts = distill_loss(teacher, student, inputs.to(device), targets.to(device), images,
                                        args.temperature, args.hidden_weight, layers)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-            opt.step()
-            sched.step()
+            optimizer_step(loss, opt, sched, student.parameters())
             step += 1
             bar.update()
             bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})

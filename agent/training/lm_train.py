@@ -8,7 +8,6 @@ automatically); `--export FOLDER` writes a complete model folder (codec + LM + t
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import shutil
 import time
@@ -22,11 +21,13 @@ from agent.training.common import (
     add_loop_args,
     data_folders,
     load_checkpoint,
+    optimizer_step,
     pick_device,
     rng_state,
     save_checkpoint,
     seed_everything,
     set_rng_state,
+    warmup_cosine,
 )
 from agent.training.scenes import render
 
@@ -288,15 +289,7 @@ def run(args) -> int:
             print(f"warning: --kind-weights names kinds not in the data: {', '.join(sorted(unknown))}")
     params = list(model.parameters()) + (list(aux_heads.parameters()) if aux_heads is not None else [])
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    warm = 200
-
-    def lr_at(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        p = (step - warm) / max(1, args.steps - warm)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, 200, args.steps))
     step = 0
     ckpt_path = run_dir / "lm_train.pt"
     ckpt = load_checkpoint(ckpt_path)
@@ -349,11 +342,7 @@ def run(args) -> int:
             inputs, targets, images, aux = batcher.batch(args.batch)
             loss, parts = lm_loss(model, inputs.to(device), targets.to(device), images, aux_heads=aux_heads,
                                   aux=aux, aux_weight=args.aux_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
+            optimizer_step(loss, opt, sched, params)
             step += 1
             bar.update()
             bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
