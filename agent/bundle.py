@@ -39,9 +39,13 @@ class ModelFiles:
     # RMS of the noise floor the model heard in training; the engine adds it to the user's audio, because a model
     # that never heard digital silence (exact zeros, e.g. from a file or a muted track) mishears around it
     input_noise_floor: float = 0.0
+    # a LoRA adapter (`duplex train lm --lora R --export-adapter`) merged into the LM's weights at load
+    adapter: Path | None = None
+    adapter_scale: float = 1.0
 
     def missing(self) -> list[Path]:
-        paths = [self.codec, self.lm] + ([self.tokenizer] if self.tokenizer else [])
+        paths = [self.codec, self.lm] + ([self.tokenizer] if self.tokenizer else []) + \
+            ([self.adapter] if self.adapter else [])
         return [p for p in paths if not p.is_file()]
 
     def size_bytes(self) -> int:
@@ -76,6 +80,31 @@ def write_manifest(folder: Path, description: str, trained: bool, tokenizer: str
     (Path(folder) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+def write_adapter_manifest(folder: Path, base: str, adapter: str, scale: float, description: str) -> None:
+    """`duplex.json` of an adapter folder: the base model (a name or a folder) and the adapter file."""
+    manifest = {"description": description, "base": base, "adapter": adapter, "adapter_scale": scale}
+    (Path(folder) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _describe_adapter(folder: Path, name: str, meta: dict) -> ModelFiles:
+    import dataclasses
+
+    from agent.registry import resolve  # the base is any model the registry knows
+
+    base = meta["base"]
+    if Path(base).expanduser().resolve() == folder.resolve() or base == name:
+        raise ModelLoadError(f"{folder / MANIFEST}: an adapter folder cannot name itself as its base")
+    try:
+        files = resolve(base)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"the base model of adapter '{name}' is not available: {exc}") from exc
+    if files.adapter is not None:
+        raise ModelLoadError(f"{folder / MANIFEST}: its base '{base}' is itself an adapter; merge one first")
+    return dataclasses.replace(files, name=name, folder=folder, description=meta.get("description", ""),
+                               adapter=folder / meta.get("adapter", "adapter.safetensors"),
+                               adapter_scale=float(meta.get("adapter_scale", 1.0)))
+
+
 def describe_folder(folder: str | Path, name: str | None = None) -> ModelFiles:
     """Work out which files in `folder` make up the model (no weights are read)."""
     folder = Path(folder).expanduser()
@@ -90,6 +119,8 @@ def describe_folder(folder: str | Path, name: str | None = None) -> ModelFiles:
             meta = json.loads(manifest.read_text())
         except json.JSONDecodeError as exc:
             raise ModelLoadError(f"{manifest} is not valid JSON: {exc}") from exc
+        if meta.get("base"):
+            return _describe_adapter(folder, name, meta)
         return ModelFiles(name=name, kind="duplex", folder=folder,
                           codec=folder / meta.get("codec", "codec.safetensors"),
                           lm=folder / meta.get("lm", "lm.safetensors"),
@@ -133,6 +164,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def _merge_adapter(lm: LMModel, files: ModelFiles) -> None:
+    from models.checkpoint import read_safetensors
+    from models.lm.lora import apply_adapter
+
+    try:
+        apply_adapter(lm, read_safetensors(files.adapter), files.adapter_scale)
+    except (KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"adapter {files.adapter} does not fit its base model {files.lm}: {exc}") from exc
+
+
 def load_bundle(files: ModelFiles, device: str | torch.device = "auto",
                 dtype: torch.dtype | None = None) -> ModelBundle:
     missing = files.missing()
@@ -144,6 +185,8 @@ def load_bundle(files: ModelFiles, device: str | torch.device = "auto",
         dtype = torch.bfloat16 if dev.type == "cuda" and files.kind == "kyutai" else torch.float32
     try:
         lm = load_lm(files.lm, cfg=files.lm_config, device=dev, dtype=dtype)
+        if files.adapter is not None:
+            _merge_adapter(lm, files)
         codec = load_codec(files.codec, device=dev, num_codebooks=lm.cfg.user_streams)
         tokenizer = TextTokenizer(files.tokenizer) if files.tokenizer else None
     except (CheckpointError, TokenizerError, ValueError) as exc:

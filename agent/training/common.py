@@ -14,7 +14,10 @@ def add_loop_args(p, run: str, batch: int, lr: float, save_every: int, steps: in
     """Arguments every training command shares."""
     p.add_argument("--data", default="data/synth/train",
                    help="dialogue shards from `duplex data synth` (several folders: comma-separated)")
-    p.add_argument("--run", default=run, help="checkpoint folder (training resumes from it when it has one)")
+    # --run-dir: under torchrun a plain `--run` is taken for torchrun's own --run-path (an ambiguous prefix)
+    p.add_argument("--run", "--run-dir", dest="run", default=run,
+                   help="checkpoint folder (training resumes from it when it has one); spell it --run-dir "
+                        "under torchrun")
     p.add_argument("--steps", type=int, default=steps, help=f"total optimizer steps (default {steps})")
     p.add_argument("--batch", type=int, default=batch)
     p.add_argument("--lr", type=float, default=lr)

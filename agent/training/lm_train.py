@@ -11,10 +11,12 @@ import argparse
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from agent.training.common import (
@@ -22,7 +24,6 @@ from agent.training.common import (
     data_folders,
     load_checkpoint,
     optimizer_step,
-    pick_device,
     rng_state,
     save_checkpoint,
     seed_everything,
@@ -39,12 +40,27 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     add_loop_args(p, run="runs/lm", batch=16, lr=3e-3, save_every=200)
     p.add_argument("--codec", default="runs/codec/codec.safetensors", help="trained codec weights")
     p.add_argument("--frames", type=int, default=80, help="frames per training sequence (80 = 6.4 s)")
-    p.add_argument("--export", help="write the trained model folder here (e.g. agent/weights/default)")
-    p.add_argument("--init", help="start a new run from these LM weights (e.g. agent/weights/default/lm.safetensors, "
-                                  "or another run's lm_train.pt to keep its auxiliary heads too) instead of "
-                                  "random ones; ignored when the run has a checkpoint. Weights of "
-                                  "another codebook count load where names and shapes match (the rest start "
-                                  "fresh, and are listed)")
+    p.add_argument("--export", help="write the trained model folder here (e.g. agent/weights/default); with --lora "
+                                    "the adapter is merged into it")
+    p.add_argument("--init", metavar="MODEL_OR_WEIGHTS",
+                   help="start from a model: a registered name or model folder (`default`, a kyutai Moshi release "
+                        "folder, a fine-tune; its codec and tokenizer are used, --codec is ignored), LM weights "
+                        "(e.g. agent/weights/default/lm.safetensors), or another run's lm_train.pt (keeps its "
+                        "auxiliary heads too); ignored when the run has a checkpoint. Weights of another codebook "
+                        "count load where names and shapes match (the rest start fresh, and are listed)")
+    p.add_argument("--lora", type=int, metavar="RANK",
+                   help="fine-tune low-rank adapters on the backbone's linear layers, base weights frozen")
+    p.add_argument("--lora-scale", type=float, default=2.0, help="adapter update scale (default 2.0)")
+    p.add_argument("--lora-depformer", action="store_true", help="also put adapters on the depformer's layers")
+    p.add_argument("--full", action="store_true", help="train every weight (the default without --lora)")
+    p.add_argument("--export-adapter", metavar="FOLDER",
+                   help="with --lora: also write a folder holding only the adapter, merged into --init at load")
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard parameters, gradients and optimizer state (FSDP2, per backbone "
+                        "block) instead of a full replica per process (DDP)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (weights and optimizer stay float32)")
+    p.add_argument("--grad-checkpoint", action="store_true",
+                   help="recompute each backbone block in the backward pass: less activation memory, ~30%% slower")
     p.add_argument("--aux-weight", type=float, default=0.5,
                    help="weight of the training-only auxiliary losses (question CTC on the user track, scene "
                         "classification); 0 turns them off (default 0.5)")
@@ -97,10 +113,12 @@ class Batcher:
         g[0] = self.cfg.text_padding_id
         g[1:1 + K] = self.silence[:, None]
         g[1 + K:] = self.silence[:, None]
-        t = min(T, ex.text.shape[0])
-        g[0, :t] = ex.text[:t]
-        g[1:1 + K, :t] = ex.agent[:K, :t].long()
-        g[1 + K:, :t] = self.user_codes(ex)[:K, :t].long()
+        # A recorded conversation (`duplex data prepare`) is longer than a sequence: a random window of it.
+        a = self.rng.randrange(ex.text.shape[0] - T + 1) if ex.meta.get("crop") and ex.text.shape[0] > T else 0
+        t = min(T, ex.text.shape[0] - a)
+        g[0, :t] = ex.text[a:a + t]
+        g[1:1 + K, :t] = ex.agent[:K, a:a + t].long()
+        g[1 + K:, :t] = self.user_codes(ex)[:K, a:a + t].long()
         return g
 
     def user_codes(self, ex) -> torch.Tensor:
@@ -135,6 +153,15 @@ class Batcher:
         aux = self.aux_targets(exs) if self.tokenizer is not None else None
         return inputs[:, :, :-1], targets, images, aux
 
+    @staticmethod
+    def rows(batch, sl: slice):
+        """Rows `sl` of a batch (a rank's slice of the global batch)."""
+        from agent.training.aux_heads import AuxTargets
+
+        inputs, targets, images, aux = batch
+        aux = None if aux is None else AuxTargets(aux.question[sl], aux.window[sl], aux.scene[sl])
+        return inputs[sl], targets[sl], images[sl], aux
+
     def image(self, ex) -> torch.Tensor | None:
         scene = (ex.meta.get("qa") or {}).get("scene")
         if ex.image is None or not self.fresh_scenes or not scene:
@@ -161,15 +188,43 @@ class Batcher:
         return AuxTargets(questions, windows, scenes)
 
 
+@dataclass
+class LossNorms:
+    """Each loss's denominator over the whole global batch, times the world size: a rank's loss on its slice is
+    then its share of one process's loss, and DDP's mean of the ranks' gradients equals that process's gradient
+    (a per-rank mean would weigh rows differently whenever the slices hold different amounts of speech)."""
+
+    text: float
+    audio: float
+    question: float = 0.0
+    scene: float = 0.0
+
+    @classmethod
+    def of(cls, targets: torch.Tensor, aux, cfg, text_pad_weight: float = 0.5, world: int = 1) -> LossNorms:
+        from agent.training.aux_heads import question_rows, scene_rows
+
+        text_t = targets[:, 0]
+        valid = text_t != IGNORE
+        pad = (text_t == cfg.text_padding_id) | (text_t == cfg.text_end_padding_id)
+        text = float((torch.where(pad, text_pad_weight, 1.0) * valid).sum().clamp_min(1))
+        audio = float((targets[:, 1:] != IGNORE).sum().clamp_min(1))
+        q = s = 0.0
+        if aux is not None:
+            q, s = float(len(question_rows(aux))), float(len(scene_rows(aux.scene)))
+        return cls(text / world, audio / world, q / world, s / world)
+
+
 def lm_loss(model, inputs, targets, images, text_pad_weight: float = 0.5, aux_heads=None, aux=None,
-            aux_weight: float = 0.5):
-    """Text + audio cross-entropy; with `aux_heads` and `aux` also the auxiliary question CTC and scene losses."""
+            aux_weight: float = 0.5, norms: LossNorms | None = None):
+    """Text + audio cross-entropy; with `aux_heads` and `aux` also the auxiliary question CTC and scene losses.
+    `norms`: the global batch's denominators when this batch is one rank's slice of it (default: this batch's)."""
     from models.vision.cross_attention import VisionState
 
     cfg = model.cfg
     B, _, T = inputs.shape
-    state = model.init_state(B, chunk=T)
     use_aux = aux_heads is not None and aux is not None
+    norms = norms or LossNorms.of(targets, aux if use_aux else None, cfg, text_pad_weight)
+    state = model.init_state(B, chunk=T)
     scene_loss = None
     if state.vision is not None:
         present = torch.tensor([im is not None for im in images], device=inputs.device)
@@ -179,7 +234,8 @@ def lm_loss(model, inputs, targets, images, text_pad_weight: float = 0.5, aux_he
             tokens = model.encode_image(stack)
             if use_aux:
                 summary = model.image_encoder.cfg.summary  # the whole-image tokens must name the scene
-                scene_loss = aux_heads.scene_loss(tokens[:, -summary:] if summary else tokens, aux.scene)
+                scene_loss = aux_heads.scene_loss(tokens[:, -summary:] if summary else tokens, aux.scene,
+                                                  norms.scene or None)
             keys, values = model.transformer.shared_xa.project_kv(tokens)
             state.vision = VisionState(keys=keys, values=values, present=present, gate=state.vision.gate)
     hidden, text_logits = model.forward_text(inputs, state)
@@ -189,17 +245,17 @@ def lm_loss(model, inputs, targets, images, text_pad_weight: float = 0.5, aux_he
     ce_text = F.cross_entropy(text_logits.reshape(-1, text_logits.shape[-1]).float(), text_t.reshape(-1),
                               ignore_index=IGNORE, reduction="none")
     valid = (text_t.reshape(-1) != IGNORE).float()
-    text_loss = (ce_text * weights.reshape(-1) * valid).sum() / (weights.reshape(-1) * valid).sum().clamp_min(1)
+    text_loss = (ce_text * weights.reshape(-1) * valid).sum() / norms.text
     # depformer, teacher-forced: sub-step k sees the previous target (text for k = 0)
     dep_targets = targets.permute(0, 2, 1).reshape(B * T, -1)  # [N, 1 + K]
     prev = dep_targets[:, :-1].clamp_min(0)
     logits = model.depformer_parallel(hidden.reshape(B * T, -1), prev)  # [N, K, card]
     audio_loss = F.cross_entropy(logits.reshape(-1, cfg.card).float(), dep_targets[:, 1:].reshape(-1),
-                                 ignore_index=IGNORE)
+                                 ignore_index=IGNORE, reduction="sum") / norms.audio
     loss = text_loss + audio_loss
     parts = {"text": float(text_loss.detach()), "audio": float(audio_loss.detach())}
     if use_aux:
-        asr = aux_heads.question_loss(hidden, aux)
+        asr = aux_heads.question_loss(hidden, aux, norms.question or None)
         loss = loss + aux_weight * asr
         parts["asr"] = float(asr.detach())
         if scene_loss is not None:
@@ -208,7 +264,30 @@ def lm_loss(model, inputs, targets, images, text_pad_weight: float = 0.5, aux_he
     return loss, parts
 
 
-def export_bundle(folder: Path, codec_path: Path, lm_path: Path, tokenizer: Path, description: str) -> None:
+class LMObjective(nn.Module):
+    """The LM and its training-only heads as one module whose forward is the loss: what DDP and FSDP wrap."""
+
+    def __init__(self, lm: nn.Module, aux_heads: nn.Module | None, aux_weight: float,
+                 sharded_blocks: list[nn.Module] = ()):
+        super().__init__()
+        self.lm, self.aux_heads, self.aux_weight = lm, aux_heads, aux_weight
+        in_blocks = {id(p) for b in sharded_blocks for p in b.parameters()}
+        # by name: FSDP replaces the parameter objects when it shards them
+        self._touched = {n for n, p in self.named_parameters() if p.requires_grad and id(p) not in in_blocks}
+
+    def forward(self, inputs, targets, images, aux, norms: LossNorms | None = None):
+        loss, parts = lm_loss(self.lm, inputs, targets, images, aux_heads=self.aux_heads, aux=aux,
+                              aux_weight=self.aux_weight, norms=norms)
+        # Parameters a batch may not use (the image path and scene head in a batch without a picture) get a zero
+        # gradient instead of none: every rank then reduces the same tensors (FSDP needs it; DDP need not search
+        # for unused ones), and one process updates exactly as many ranks do. The blocks are always used.
+        touch = sum(p.reshape(-1)[:1].sum() for n, p in self.named_parameters() if n in self._touched)
+        return loss + 0 * touch, parts
+
+
+def export_bundle(folder: Path, codec_path: Path, lm_path: Path, tokenizer: Path, description: str,
+                  sampling: dict | None = None, input_noise_floor: float | None = None) -> None:
+    """A model folder (codec + LM + tokenizer + duplex.json) every command loads."""
     from agent.bundle import write_manifest
     from agent.training.synth import NOISE_FLOOR
 
@@ -218,8 +297,8 @@ def export_bundle(folder: Path, codec_path: Path, lm_path: Path, tokenizer: Path
     if tokenizer.resolve() != (folder / "tokenizer.model").resolve():
         shutil.copyfile(tokenizer, folder / "tokenizer.model")
     write_manifest(folder, description, True, "tokenizer.model",
-                   {"temperature": 0.6, "top_k": 50, "text_temperature": 0.3, "text_top_k": 10},
-                   input_noise_floor=NOISE_FLOOR)
+                   sampling or {"temperature": 0.6, "top_k": 50, "text_temperature": 0.3, "text_top_k": 10},
+                   input_noise_floor=NOISE_FLOOR if input_noise_floor is None else input_noise_floor)
 
 
 def load_matching(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
@@ -234,32 +313,75 @@ def load_matching(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> lis
     return fresh
 
 
-def run(args) -> int:
+def _fail(message: str):
+    from agent.cli import UserFacingError
+
+    raise UserFacingError(message)
+
+
+def _init_source(init: str | None):
+    """--init as a model the registry resolves (a name, our model folder, a kyutai release folder): its files;
+    None for a weights file, a training checkpoint, or no --init."""
+    if not init or Path(init).suffix in (".pt", ".safetensors"):
+        return None
+    from agent.errors import DuplexError
+    from agent.registry import resolve
+
+    try:
+        return resolve(init)
+    except DuplexError as exc:
+        _fail(f"--init {init}: {exc}")
+
+
+def _build_model(args, files, codec_layout: int, device):
+    """The LM to train: the default model's architecture (fresh, or from --init weights), or --init's model."""
     from agent.default_model import lm_config
+    from models.lm import LMModel, load_lm
+
+    if files is not None:
+        return load_lm(files.lm, cfg=files.lm_config, device=device, dtype=torch.float32).train()
+    return LMModel(lm_config(codebooks=codec_layout)).to(device).train()
+
+
+def run(args) -> int:
     from agent.registry import EMBEDDED_DIR
+    from agent.training.distributed import full_state, init_distributed, load_full_state, wrap
     from agent.training.lm_data import load_or_encode
     from models.codec import load_codec
-    from models.lm import LMModel, save_lm
+    from models.lm import load_lm
+    from models.lm.lora import LoRAConfig, add_lora
     from models.lm.tokenizer import TextTokenizer
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    if args.lora and args.full:
+        _fail("--lora and --full exclude each other: LoRA trains adapters only, --full trains every weight")
+    if args.lora is not None and args.lora < 1:
+        _fail("--lora RANK must be at least 1")
+    ctx = init_distributed(args.device)
+    device = ctx.device
+    if args.batch % ctx.world:
+        _fail(f"--batch {args.batch} must be a multiple of the number of processes ({ctx.world})")
+    say = print if ctx.main else (lambda *a, **k: None)
     run_dir = Path(args.run)
-    codec_path = Path(args.codec)
+    files = _init_source(args.init)
+    codec_path = Path(files.codec if files is not None else args.codec)
     if not codec_path.is_file():
-        from agent.cli import UserFacingError
-
-        raise UserFacingError(f"codec weights not found: {codec_path} (run `duplex train codec` first)")
+        _fail(f"codec weights not found: {codec_path} (run `duplex train codec` first)")
     tok_path = run_dir / "tokenizer.model"
-    if not tok_path.is_file():
+    if ctx.main and not tok_path.is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(EMBEDDED_DIR / "default" / "tokenizer.model", tok_path)
+        src = files.tokenizer if files is not None and files.tokenizer else EMBEDDED_DIR / "default" / "tokenizer.model"
+        shutil.copyfile(src, tok_path)
+    ctx.barrier()
     tokenizer = TextTokenizer(tok_path)
-    codec = load_codec(codec_path, device=device)
-    seed_everything(args.seed)
-    cfg = lm_config(codebooks=codec.num_codebooks)
-    model = LMModel(cfg).to(device).train()
+    seed_everything(args.seed)  # the same on every rank: identical initial weights and adapters
+    user_streams = files.lm_config.user_streams if files is not None and files.lm_config else None
+    codec = load_codec(codec_path, device=device, num_codebooks=user_streams)
+    model = _build_model(args, files, codec.num_codebooks, device)
+    if files is not None and files.tokenizer is None:
+        _fail(f"--init {args.init}: the model has no text tokenizer to train its text stream with")
+    cfg = model.cfg
     aux_heads = None
     if args.aux_weight > 0:
         from agent.training.aux_heads import AuxHeads
@@ -268,89 +390,187 @@ def run(args) -> int:
         aux_heads = AuxHeads(cfg.dim, cfg.text_card, image_dim).to(device).train()
     image_size = model.image_encoder.cfg.image_size if model.image_encoder is not None else 64
     if args.speaker_warps:
-        from agent.cli import UserFacingError
         from models.codec.vocoder import VocoderCodec
 
         if args.speaker_warps < 0:
-            raise UserFacingError("--speaker-warps must be 0 or more")
+            _fail("--speaker-warps must be 0 or more")
         if not isinstance(codec, VocoderCodec):
-            raise UserFacingError(f"--speaker-warps needs a vocoder codec (`duplex train codec --kind vocoder`); "
-                                  f"{codec_path} is a neural codec")
-    examples = load_or_encode(data_folders(args.data), run_dir / "examples.pt", codec, tokenizer, image_size,
+            _fail(f"--speaker-warps needs a vocoder codec (`duplex train codec --kind vocoder`); "
+                  f"{codec_path} is a neural codec")
+
+    def examples_now():
+        return load_or_encode(data_folders(args.data), run_dir / "examples.pt", codec, tokenizer, image_size,
                               speaker_warps=args.speaker_warps)
+
+    examples = examples_now() if ctx.main else None  # rank 0 encodes and caches; the others read its cache
+    ctx.barrier()
+    examples = examples if examples is not None else examples_now()
     with torch.no_grad():
         silence = codec.encode(torch.zeros(1, 1, codec.frame_size * 4, device=device))[0, :, -1].cpu()
-    rng = random.Random(args.seed)
+    rng = random.Random(args.seed)  # the global batch sampler: the same stream on every rank and world size
     batcher = Batcher(examples, cfg, silence, args.frames + 1, rng, tokenizer if aux_heads is not None else None,
                       kind_weights=args.kind_weights, fresh_scenes=not args.fixed_scenes)
     if args.kind_weights:
         unknown = set(args.kind_weights) - {e.meta["kind"] for e in examples}
         if unknown:
-            print(f"warning: --kind-weights names kinds not in the data: {', '.join(sorted(unknown))}")
-    params = list(model.parameters()) + (list(aux_heads.parameters()) if aux_heads is not None else [])
-    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, 200, args.steps))
-    step = 0
+            say(f"warning: --kind-weights names kinds not in the data: {', '.join(sorted(unknown))}")
     ckpt_path = run_dir / "lm_train.pt"
     ckpt = load_checkpoint(ckpt_path)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        if (aux_heads is not None) != ("aux" in ckpt):
-            from agent.cli import UserFacingError
-
-            raise UserFacingError(f"{ckpt_path} was trained with{'out' if 'aux' not in ckpt else ''} auxiliary "
-                                  "losses: resume with the same --aux-weight setting (0 or not), or use a new --run")
-        if aux_heads is not None:
-            aux_heads.load_state_dict(ckpt["aux"])
-        opt.load_state_dict(ckpt["opt"])
-        sched.load_state_dict(ckpt["sched"])
-        step = ckpt["step"]
-        set_rng_state(ckpt["rng"])
-        rng.setstate(ckpt["batch_rng"])
-        print(f"resumed from {ckpt_path} at step {step}")
-    elif args.init:
-        from models.lm import load_lm
-
+    if ckpt is None and args.init and files is None:  # weights to start a new run from
         init = Path(args.init)
         if init.suffix == ".pt":  # another run's training checkpoint: its LM and its auxiliary heads
             other = load_checkpoint(init)
             if other is None or "model" not in other:
-                from agent.cli import UserFacingError
-
-                raise UserFacingError(f"{init} is not an LM training checkpoint (`RUN/lm_train.pt`)")
+                _fail(f"{init} is not an LM training checkpoint (`RUN/lm_train.pt`)")
             state = other["model"]
             if aux_heads is not None and "aux" in other:
                 load_matching(aux_heads, other["aux"])
         else:
             state = load_lm(init).state_dict()
         fresh = load_matching(model, state)
-        print(f"initialized from {args.init}" + (f"; {len(fresh)} tensors of other shapes start fresh: "
-                                                  f"{', '.join(fresh[:6])}{' ...' if len(fresh) > 6 else ''}"
-                                                  if fresh else ""))
+        say(f"initialized from {args.init}" + (f"; {len(fresh)} tensors of other shapes start fresh: "
+                                                f"{', '.join(fresh[:6])}{' ...' if len(fresh) > 6 else ''}"
+                                                if fresh else ""))
+    elif ckpt is None and files is not None:
+        say(f"initialized from {files.name} ({files.folder})")
+    lora = None
+    if args.lora:
+        lora = LoRAConfig(rank=args.lora, scale=args.lora_scale, depformer=args.lora_depformer)
+        adapted = add_lora(model, lora)
+        if aux_heads is not None:
+            for p in aux_heads.parameters():
+                p.requires_grad_(True)
+        say(f"LoRA rank {lora.rank} (scale {lora.scale}) on {len(adapted)} matrices; base weights frozen")
+    model.checkpoint_layers = args.grad_checkpoint
+    # FSDP units: the backbone blocks (Mamba2 ones included) but those holding the image cross-attention that
+    # all vision layers share (it is also called outside their forward, to project the image once)
+    blocks = [layer for layer in model.transformer.layers if layer.cross_attention is None]
+    objective = LMObjective(model, aux_heads, args.aux_weight, blocks if args.fsdp else [])
+    trained = wrap(objective, ctx, fsdp=args.fsdp, blocks=blocks)
+    params = [p for p in trained.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, 200, args.steps))
+    step = 0
+    if ckpt is not None:
+        if (aux_heads is not None) != ("aux" in ckpt):
+            _fail(f"{ckpt_path} was trained with{'out' if 'aux' not in ckpt else ''} auxiliary losses: resume "
+                  "with the same --aux-weight setting (0 or not), or use a new --run")
+        if bool(ckpt.get("lora")) != bool(lora):
+            _fail(f"{ckpt_path} was trained {'with' if ckpt.get('lora') else 'without'} LoRA: resume with the same "
+                  "--lora setting, or use a new --run")
+        model_sd = {f"lm.{k}": v for k, v in ckpt["model"].items()}
+        model_sd.update({f"aux_heads.{k}": v for k, v in ckpt.get("aux", {}).items()})
+        if ckpt.get("format", 1) >= 2:
+            load_full_state(trained, opt, model_sd, ckpt["opt"], ctx, args.fsdp)
+        else:  # written before distributed training: optimizer state keyed by parameter order
+            load_full_state(trained, None, model_sd, None, ctx, args.fsdp)
+            opt.load_state_dict(ckpt["opt"])
+        sched.load_state_dict(ckpt["sched"])
+        step = ckpt["step"]
+        set_rng_state(ckpt["rng"])
+        rng.setstate(ckpt["batch_rng"])
+        say(f"resumed from {ckpt_path} at step {step}" + (f" (written by {ckpt['world']} processes)"
+                                                          if ckpt.get("world", 1) != ctx.world else ""))
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"LM: {n_params:.2f}M params, {len(examples)} dialogues, device {device}")
+    n_train = sum(p.numel() for p in params) / 1e6
+    mode = "FSDP" if args.fsdp and ctx.enabled else "DDP" if ctx.enabled else "one process"
+    say(f"LM: {n_params:.2f}M params ({n_train:.2f}M trained), {len(examples)} dialogues, device {device}, "
+        f"{mode}" + (f" x {ctx.world}, {args.batch // ctx.world} rows per rank" if ctx.enabled else ""))
 
     def save():
-        extra = {"aux": aux_heads.state_dict()} if aux_heads is not None else {}
-        save_checkpoint(ckpt_path, model=model.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(),
-                        step=step, rng=rng_state(), batch_rng=rng.getstate(), **extra)
-        save_lm(model, run_dir / "lm.safetensors")
+        model_sd, opt_sd = full_state(trained, opt, ctx, args.fsdp)  # every rank takes part; rank 0 writes
+        if not ctx.main:
+            return
+        lm_sd = {k[3:]: v for k, v in model_sd.items() if k.startswith("lm.")}
+        extra = {"aux": {k[10:]: v for k, v in model_sd.items() if k.startswith("aux_heads.")}} \
+            if aux_heads is not None else {}
+        if lora:
+            extra["lora"] = vars(lora)
+        save_checkpoint(ckpt_path, model=lm_sd, opt=opt_sd, sched=sched.state_dict(), step=step, rng=rng_state(),
+                        batch_rng=rng.getstate(), format=2, world=ctx.world, **extra)
+        _save_weights(model, lm_sd, lora, run_dir)
 
+    log = run_dir / "log.jsonl"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
     t0 = time.time()
-    with tqdm(total=args.steps, initial=step, desc="train lm", unit="step") as bar:
+    frames_done = 0
+    with tqdm(total=args.steps, initial=step, desc="train lm", unit="step", disable=not ctx.main) as bar:
         while step < args.steps:
-            inputs, targets, images, aux = batcher.batch(args.batch)
-            loss, parts = lm_loss(model, inputs.to(device), targets.to(device), images, aux_heads=aux_heads,
-                                  aux=aux, aux_weight=args.aux_weight)
+            t_step = time.perf_counter()
+            batch = batcher.batch(args.batch)  # the global batch (same on every rank), then this rank's rows
+            aux_all = batch[3] if aux_heads is not None else None
+            norms = LossNorms.of(batch[1], aux_all, cfg, world=ctx.world)
+            inputs, targets, images, aux = Batcher.rows(batch, ctx.slice(args.batch))
+            with autocast:
+                loss, parts = trained(inputs.to(device), targets.to(device), images, aux, norms)
             optimizer_step(loss, opt, sched, params)
             step += 1
+            frames_done += args.batch * args.frames
+            # each rank's loss is its share times the world size: their mean is the global batch's loss (a slice
+            # without a scene has no scene loss: its share is 0)
+            names = ["text", "audio"] + (["asr", "scene"] if aux_heads is not None else [])
+            parts = ctx.mean({"loss": float(loss.detach()), **{k: parts.get(k, 0.0) for k in names}})
             bar.update()
-            bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
+            bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items() if k != "loss"})
+            if ctx.main:
+                _append_log(log, step=step, lr=sched.get_last_lr()[0], world=ctx.world,
+                            frames_per_s=round(args.batch * args.frames / (time.perf_counter() - t_step), 1),
+                            **{k: round(v, 6) for k, v in parts.items()})
             if step % args.save_every == 0 or step == args.steps:
                 save()
-    print(f"done: step {step}, {time.time() - t0:.0f} s this run")
-    if args.export:
+    took = time.time() - t0
+    say(f"done: step {step}, {took:.0f} s this run" + (f", {frames_done / took:.0f} frames/s" if took else ""))
+    if args.export and ctx.main:
         export_bundle(Path(args.export), codec_path, run_dir / "lm.safetensors", tok_path,
-                      f"trained by `duplex train` ({step} LM steps) on synthesized dialogues")
-        print(f"exported the model folder to {args.export}")
+                      f"trained by `duplex train lm` ({step} LM steps"
+                      + (f", LoRA rank {lora.rank} merged" if lora else "") + ")"
+                      + (f" from {files.name}" if files is not None else " on synthesized dialogues"),
+                      sampling=files.sampling if files is not None and files.kind == "duplex" else None,
+                      input_noise_floor=files.input_noise_floor if files is not None else None)
+        say(f"exported the model folder to {args.export}")
+    if args.export_adapter and ctx.main and lora:
+        _export_adapter(Path(args.export_adapter), run_dir, lora, args.init)
+        say(f"wrote the adapter to {args.export_adapter}")
+    ctx.close()
     return 0
+
+
+def _export_adapter(folder: Path, run_dir: Path, lora, base: str | None) -> None:
+    """A folder holding only the adapter and the base model's name: merged into the base at load."""
+    from agent.bundle import write_adapter_manifest
+
+    if not base:
+        _fail("--export-adapter needs --init: the base model the adapter is merged into at load")
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / "adapter.safetensors", folder / "adapter.safetensors")
+    target = Path(base).expanduser()
+    write_adapter_manifest(folder, str(target.resolve()) if target.exists() else base, "adapter.safetensors",
+                           lora.scale, f"LoRA rank {lora.rank} adapter of {base}")
+
+
+def _append_log(path: Path, **fields) -> None:
+    import json
+
+    with path.open("a") as f:
+        f.write(json.dumps(fields) + "\n")
+
+
+def _save_weights(model: nn.Module, lm_sd: dict, lora, run_dir: Path) -> None:
+    """RUN/lm.safetensors: the weights a model folder ships (LoRA merged in), and with LoRA RUN/adapter.safetensors."""
+    from models.lm import LMModel, save_lm
+    from models.lm.lora import adapter_state_dict, add_lora, merge_lora
+
+    with torch.device("meta"):
+        plain = LMModel(model.cfg)
+    plain = plain.to_empty(device="cpu").to(next(iter(lm_sd.values())).dtype)
+    if lora:
+        add_lora(plain, lora)
+    plain.load_state_dict(lm_sd)
+    if lora:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in adapter_state_dict(plain).items()},
+                  str(run_dir / "adapter.safetensors"),
+                  metadata={"rank": str(lora.rank), "scale": str(lora.scale)})
+        merge_lora(plain)
+    save_lm(plain, run_dir / "lm.safetensors")

@@ -161,6 +161,7 @@ class LMModel(nn.Module):
         super().__init__()
         cfg = cfg or LMConfig.moshi_7b()
         self.cfg = cfg
+        self.checkpoint_layers = False  # training: recompute each backbone block in the backward pass
         d, dd = cfg.dim, cfg.depformer_dim
         self.emb = nn.ModuleList([Embedding(cfg.card + 1, d) for _ in range(cfg.n_q)])
         self.text_emb = Embedding(cfg.text_card + 1, d)
@@ -255,6 +256,9 @@ class LMModel(nn.Module):
             for layer, layer_state in zip(self.transformer.layers, state.layers):
                 x, pending = layer.forward_fused(x, pending, layer_state, vision, gates)
             x = self.out_norm.add_then_norm(x, pending)[1]
+        elif self.checkpoint_layers and torch.is_grad_enabled():
+            x = self._checkpointed_layers(x, state, vision, gates)
+            x = self.out_norm(x)
         else:
             for layer, layer_state in zip(self.transformer.layers, state.layers):
                 x = layer(x, layer_state, vision, gates)
@@ -264,6 +268,22 @@ class LMModel(nn.Module):
         elif state.vision is not None:
             state.vision.gate.zero_()
         return x, self.text_linear(x)
+
+    def _checkpointed_layers(self, x: torch.Tensor, state: BackboneState, vision, gates: list) -> torch.Tensor:
+        """Training with activation checkpointing: each block's activations are recomputed in the backward pass.
+        A recomputation must see the block's state as the first pass did, so each pass starts from a fresh copy
+        of the (empty, offline) state instead of the one the first pass advanced."""
+        from torch.utils.checkpoint import checkpoint
+
+        B, T = x.shape[0], x.shape[1]
+
+        def run(layer, x):
+            fresh = layer.init_state(B, self.device, self.dtype, chunk=T)
+            return layer(x, fresh, vision, gates)
+
+        for layer in self.transformer.layers:
+            x = checkpoint(run, layer, x, use_reentrant=False)
+        return x
 
     def depformer_parallel(self, hidden: torch.Tensor, prev_tokens: torch.Tensor) -> torch.Tensor:
         """All depformer sub-steps at once (training): hidden [N, dim], prev_tokens [N, dep_q] (text, then
