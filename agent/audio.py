@@ -74,6 +74,42 @@ def load_audio(path: str | Path, target_rate: int = TARGET_RATE) -> LoadedAudio:
     return LoadedAudio(samples, target_rate, source_rate, channels, notes)
 
 
+def load_channels(path: str | Path, target_rate: int = TARGET_RATE) -> tuple[np.ndarray, int]:
+    """Read an audio file keeping its channels apart (mono or stereo), resampled to `target_rate`:
+    ([channels, samples] float32, the file's own rate)."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise AudioError(f"audio file missing or empty: {path}")
+    import av
+
+    try:
+        container = av.open(str(path))
+    except Exception as exc:  # noqa: BLE001 - PyAV raises many error types
+        raise AudioError(f"cannot read {path} as audio ({exc})") from exc
+    with container:
+        if not container.streams.audio:
+            raise AudioError(f"{path} contains no audio stream")
+        stream = container.streams.audio[0]
+        source_rate = stream.codec_context.sample_rate or stream.rate
+        channels = stream.codec_context.channels or 1
+        if channels > 2:
+            raise AudioError(f"{path} has {channels} channels; give stereo (agent + user) or mono files")
+        resampler = av.AudioResampler(format="fltp", layout="stereo" if channels == 2 else "mono", rate=target_rate)
+        chunks: list[np.ndarray] = []
+        try:
+            for frame in container.decode(stream):
+                chunks += [out.to_ndarray() for out in resampler.resample(frame)]
+            chunks += [out.to_ndarray() for out in resampler.resample(None)]
+        except Exception as exc:  # noqa: BLE001
+            raise AudioError(f"{path} is corrupt or truncated: {exc}") from exc
+    samples = np.concatenate(chunks, axis=1).astype(np.float32) if chunks else np.zeros((channels, 0), np.float32)
+    if samples.shape[1] == 0:
+        raise AudioError(f"{path} decodes to no audio samples")
+    if not np.isfinite(samples).all():
+        raise AudioError(f"{path} contains NaN or infinite samples")
+    return samples, source_rate
+
+
 def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int = TARGET_RATE) -> None:
     """Write float mono samples as 16-bit PCM WAV (clipped to [-1, 1])."""
     pcm = (np.clip(np.asarray(samples, dtype=np.float32).reshape(-1), -1.0, 1.0) * 32767.0).astype("<i2")

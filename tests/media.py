@@ -91,3 +91,39 @@ def video_track(rgb: np.ndarray, fps: int = 15):
             return frame
 
     return Camera()
+
+
+def stereo_conversation(path: Path, agent_words: list[str], user_words: list[str], gap_s: float = 0.12,
+                        rate: int = 24_000) -> list[tuple[float, str]]:
+    """A stereo WAV (left: the agent, flite slt; right: the user, espeak-ng): the user speaks, then the agent,
+    word by word with known onsets. Returns the agent's (onset in seconds, word)."""
+    import wave
+
+    from agent.training.tts import AGENT_VOICE, Voice, synthesize
+
+    def trimmed(word: str, voice) -> np.ndarray:
+        x = synthesize(word, voice)
+        loud = np.nonzero(np.abs(x) > 0.02)[0]
+        return x[loud[0]:loud[-1] + 1]
+
+    def say(words, voice, start):
+        parts, pos = [], start
+        for w in words:
+            x = trimmed(w, voice)
+            parts.append((pos, w, x))
+            pos += x.size + int(gap_s * rate)
+        return parts, pos
+
+    user, end = say(user_words, Voice("espeak", "en-us", 150), int(0.5 * rate))
+    agent, end = say(agent_words, AGENT_VOICE, end + int(0.6 * rate))
+    st = np.zeros((end + rate, 2), np.float32)
+    for ch, parts in ((0, agent), (1, user)):
+        for pos, _, x in parts:
+            st[pos:pos + x.size, ch] += x
+    pcm = (np.clip(st, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(2)
+        f.setsampwidth(2)
+        f.setframerate(rate)
+        f.writeframes(pcm.tobytes())
+    return [(pos / rate, w) for pos, w, _ in agent]

@@ -85,7 +85,7 @@ def encode_dialogues(dialogues: list[dict], codec, tokenizer, image_size: int, b
             examples.append(Example(user=codes[2 * j, :, :t], agent=codes[2 * j + 1, :, :t],
                                     text=torch.from_numpy(text_stream(d["words"], t, tokenizer)), image=image,
                                     meta={"kind": d["kind"], "voice": d["voice"], "qa": qa,
-                                          "user_end": d["user_end"], "frames": t},
+                                          "user_end": d["user_end"], "frames": t, "crop": d.get("crop", False)},
                                     alt_users=None if alts is None else alts[j, :, :, :t].clone()))
     return examples
 

@@ -489,6 +489,7 @@ def run(args) -> int:
         save_checkpoint(ckpt_path, model=lm_sd, opt=opt_sd, sched=sched.state_dict(), step=step, rng=rng_state(),
                         batch_rng=rng.getstate(), format=2, world=ctx.world, **extra)
         _save_weights(model, lm_sd, lora, run_dir)
+        tqdm.write(f"saved {ckpt_path} (step {step})")
 
     log = run_dir / "log.jsonl"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)

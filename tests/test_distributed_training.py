@@ -1,0 +1,96 @@
+"""`duplex train lm` under real torchrun processes (gloo on this CPU): two ranks update exactly as one process on
+the same global batch (DDP and FSDP2), rank 0 alone writes each checkpoint, and a two-process checkpoint resumes in
+one process on the same loss curve."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+CODEC = ROOT / "agent" / "weights" / "default" / "codec.safetensors"
+LM = ROOT / "agent" / "weights" / "default" / "lm.safetensors"
+
+
+def _env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("TRITON_INTERPRET", None)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train(run: Path, data: Path, steps: int, procs: int = 1, *extra: str) -> str:
+    args = ["train", "lm", "--data", str(data), "--codec", str(CODEC), "--run-dir", str(run), "--steps", str(steps),
+            "--batch", "4", "--frames", "16", "--save-every", "2", "--threads", "1", *extra]
+    if procs == 1:
+        cmd = [sys.executable, "-m", "agent.cli", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr",
+               "127.0.0.1", "--master-port", str(_free_port()), "-m", "agent.cli", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def assert_same_weights(a: Path, b: Path, tol: float = 2e-5) -> None:
+    wa, wb = load_file(str(a / "lm.safetensors")), load_file(str(b / "lm.safetensors"))
+    assert wa.keys() == wb.keys()
+    worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    assert worst < tol, worst
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dist") / "synth"
+    proc = subprocess.run([sys.executable, "-m", "agent.cli", "data", "synth", "--out", str(out), "--count", "12",
+                           "--seed", "5"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def test_two_processes_update_as_one_and_resume_in_one(data, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(one, data, 4, 1, "--init", str(LM))
+    out = train(two, data, 4, 2, "--init", str(LM))
+    assert "DDP x 2, 2 rows per rank" in out
+    assert_same_weights(one, two)
+    # rank 0 alone writes: one line per save (steps 2 and 4), one log line per step
+    assert [line for line in out.splitlines() if line.startswith("saved ")] == [
+        f"saved {two / 'lm_train.pt'} (step 2)", f"saved {two / 'lm_train.pt'} (step 4)"]
+    assert [e["step"] for e in log(two)] == [1, 2, 3, 4] and {e["world"] for e in log(two)} == {2}
+    for a, b in zip(log(one), log(two)):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+    # the two-process checkpoint resumes in one process: the same curve as the one-process run's own resume
+    assert "written by 2 processes" in train(two, data, 6, 1)
+    train(one, data, 6, 1)
+    a, b = log(one)[4:], log(two)[4:]
+    assert [e["step"] for e in b] == [5, 6] and {e["world"] for e in b} == {1}
+    for x, y in zip(a, b):
+        for key in ("loss", "text", "audio"):
+            assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-6)
+    assert_same_weights(one, two)
+
+
+def test_fsdp_shards_and_updates_as_one_process(data, tmp_path):
+    one, sharded = tmp_path / "one", tmp_path / "fsdp"
+    train(one, data, 2, 1, "--init", str(LM), "--lora", "4")
+    out = train(sharded, data, 2, 2, "--init", str(LM), "--lora", "4", "--fsdp")
+    assert "FSDP x 2" in out
+    assert_same_weights(one, sharded)
+    assert (sharded / "adapter.safetensors").is_file()
