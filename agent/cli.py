@@ -42,11 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     from agent import lm_cli
 
     lm_cli.add_bench(bench_sub)
-    from agent.benchmarks import aec, listening, soak
+    from agent.benchmarks import aec, listening, soak, training
 
     soak.add_bench(bench_sub)
     listening.add_bench(bench_sub)
     aec.add_bench(bench_sub)
+    training.add_bench(bench_sub)
     return parser
 
 

@@ -160,3 +160,45 @@ def test_cli_reports_and_lora_finetune_of_the_default_model_runs(prepared, tmp_p
                    "--text", f"{model}.txt")
         assert p.returncode == 0, p.stderr[-2000:]
         assert (tmp_path / f"{model}.wav").stat().st_size > 1000
+
+
+def test_lora_finetune_of_a_kyutai_release_folder(prepared, tmp_path):
+    """`--init` a folder in kyutai's release layout (tiny, random; Mimi codec, SentencePiece tokenizer): the
+    fine-tune encodes with the release's own codec and tokenizer and exports a folder `duplex run` loads."""
+    import dataclasses
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from agent.bundle import describe_folder, load_bundle
+    from models.codec import Codec, CodecConfig, save_codec
+    from models.lm import LMConfig, LMModel
+    from models.lm.checkpoint import convert_moshi_state_dict
+
+    _, out, _, _ = prepared
+    release = tmp_path / "release"
+    release.mkdir()
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(LMConfig.tiny(), text_card=256)
+    save_file({k: v.contiguous() for k, v in convert_moshi_state_dict(LMModel(cfg).state_dict()).items()},
+              str(release / "model.safetensors"))
+    save_codec(Codec(CodecConfig.tiny(4)), release / "tokenizer-e351c8d8-checkpoint125.safetensors")
+    shutil.copyfile(ROOT / "agent" / "weights" / "default" / "tokenizer.model", release / "tokenizer_spm_32k_3.model")
+    (release / "config.json").write_text(json.dumps({k: v for k, v in cfg.__dict__.items() if k != "mamba"}))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("TRITON_INTERPRET", None)
+    p = subprocess.run([sys.executable, "-m", "agent.cli", "train", "lm", "--data", str(out), "--init", str(release),
+                        "--lora", "2", "--aux-weight", "0", "--run", "run", "--steps", "2", "--batch", "2",
+                        "--frames", "24", "--export", "tuned"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert f"initialized from release ({release})" in p.stdout
+    tuned = load_bundle(describe_folder(tmp_path / "tuned"), device="cpu")
+    base = load_bundle(describe_folder(release), device="cpu")
+    assert tuned.lm.cfg == base.lm.cfg and tuned.codec.num_codebooks == base.codec.num_codebooks
+    changed = [k for k, v in tuned.lm.state_dict().items() if not torch.equal(v, base.lm.state_dict()[k])]
+    assert changed and all(k.startswith("transformer.layers.") for k in changed)  # only adapted matrices moved
+    p = subprocess.run([sys.executable, "-m", "agent.cli", "run", "--model", "tuned", "--input",
+                        str(prepared[0] / "weather.wav"), "--output", "r.wav"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]

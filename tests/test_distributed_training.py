@@ -44,8 +44,9 @@ def train(run: Path, data: Path, steps: int, procs: int = 1, *extra: str) -> str
     return proc.stdout + proc.stderr
 
 
-def log(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+def log(run: Path, summaries: bool = False) -> list[dict]:
+    entries = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return [e for e in entries if bool(e.get("summary")) == summaries]
 
 
 def assert_same_weights(a: Path, b: Path, tol: float = 2e-5) -> None:
@@ -94,3 +95,7 @@ def test_fsdp_shards_and_updates_as_one_process(data, tmp_path):
     assert "FSDP x 2" in out
     assert_same_weights(one, sharded)
     assert (sharded / "adapter.safetensors").is_file()
+    # each rank holds about half of the parameters (and of the adapters' gradients and optimizer state)
+    whole = log(one, summaries=True)[-1]["ranks"][0]["state_mb"]
+    ranks = log(sharded, summaries=True)[-1]["ranks"]
+    assert len(ranks) == 2 and all(r["state_mb"] < 0.6 * whole for r in ranks), (whole, ranks)

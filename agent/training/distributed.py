@@ -51,6 +51,14 @@ class DistContext:
         dist.all_reduce(t)
         return dict(zip(values, (t / self.world).tolist()))
 
+    def gather(self, value):
+        """Every rank's `value` (a picklable object), in rank order, on every rank."""
+        if not self.enabled:
+            return [value]
+        out = [None] * self.world
+        dist.all_gather_object(out, value)
+        return out
+
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
@@ -132,6 +140,25 @@ def load_full_state(model: nn.Module, opt: torch.optim.Optimizer | None, model_s
     set_model_state_dict(inner, model_sd, options=options)
     if opt is not None and opt_sd is not None:
         set_optimizer_state_dict(inner, opt, opt_sd, options=options)
+
+
+def memory_figures(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, float]:
+    """This rank's training state in MB (its own shards under FSDP: parameters, gradients, optimizer state) and
+    its peak resident memory (whole process) in MB."""
+    import resource
+
+    def local_bytes(t) -> int:
+        t = t.to_local() if hasattr(t, "to_local") else t
+        return t.numel() * t.element_size()
+
+    params = sum(local_bytes(p) for p in model.parameters())
+    grads = sum(local_bytes(p.grad) for p in model.parameters() if p.grad is not None)
+    states = sum(local_bytes(v) for st in opt.state.values() for v in st.values() if torch.is_tensor(v) and v.dim())
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {"state_mb": round((params + grads + states) / 2**20, 2), "peak_rss_mb": round(peak_kb / 1024, 1)}
+    if torch.cuda.is_available() and next(model.parameters()).is_cuda:
+        out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -345,7 +345,7 @@ def _build_model(args, files, codec_layout: int, device):
 
 def run(args) -> int:
     from agent.registry import EMBEDDED_DIR
-    from agent.training.distributed import full_state, init_distributed, load_full_state, wrap
+    from agent.training.distributed import full_state, init_distributed, load_full_state, memory_figures, wrap
     from agent.training.lm_data import load_or_encode
     from models.codec import load_codec
     from models.lm import load_lm
@@ -520,7 +520,13 @@ def run(args) -> int:
             if step % args.save_every == 0 or step == args.steps:
                 save()
     took = time.time() - t0
-    say(f"done: step {step}, {took:.0f} s this run" + (f", {frames_done / took:.0f} frames/s" if took else ""))
+    memory = ctx.gather(memory_figures(trained, opt))  # every rank's own figures
+    say(f"done: step {step}, {took:.0f} s this run" + (f", {frames_done / took:.0f} frames/s" if took else "")
+        + "; per rank: " + ", ".join(f"state {m['state_mb']:.0f} MB, peak RSS {m['peak_rss_mb']:.0f} MB"
+                                     for m in memory))
+    if ctx.main and frames_done:
+        _append_log(log, summary=True, step=step, world=ctx.world, mode=mode, seconds=round(took, 2),
+                    frames_per_s=round(frames_done / took, 1), ranks=memory)
     if args.export and ctx.main:
         export_bundle(Path(args.export), codec_path, run_dir / "lm.safetensors", tok_path,
                       f"trained by `duplex train lm` ({step} LM steps"
