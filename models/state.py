@@ -86,3 +86,24 @@ def _map_tensors(value: object, fn):
     if isinstance(value, tuple):
         return tuple(_map_tensors(v, fn) for v in value)
     return value
+
+
+def with_tensors(state: StreamState, tensors: list[torch.Tensor]):
+    """A state of the same structure as `state` holding `tensors` (in `state.tensors()` order)."""
+    it = iter(tensors)
+    out = _map_tensors(state, lambda _: next(it))
+    if next(it, None) is not None:
+        raise ValueError("more tensors than the state holds")
+    return out
+
+
+def tensor_names(value: object, prefix: str = "") -> list[str]:
+    """Dotted names of a state's tensors, in `tensors()` order (e.g. `backbone.layers.0.keys`)."""
+    if isinstance(value, torch.Tensor):
+        return [prefix]
+    if isinstance(value, StreamState):
+        return [n for f in dataclasses.fields(value)  # type: ignore[arg-type]
+                for n in tensor_names(getattr(value, f.name), f"{prefix}.{f.name}" if prefix else f.name)]
+    if isinstance(value, (list, tuple)):
+        return [n for i, item in enumerate(value) for n in tensor_names(item, f"{prefix}.{i}")]
+    return []

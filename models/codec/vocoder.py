@@ -177,7 +177,9 @@ class VocoderCodec(StreamingCodec):
         cfg = self.cfg
         n = windows.shape[-1]
         y = windows - windows.mean(-1, keepdim=True)
-        ac = torch.fft.irfft(torch.fft.rfft(y, 2 * n).abs().square(), 2 * n)[..., :n]
+        # float64: transforms of this length (2 x 960) are computed by plain DFTs in some runtimes (ONNX Runtime),
+        # whose float32 rounding could move a near-tie between lags; in float64 every runtime agrees
+        ac = torch.fft.irfft(torch.fft.rfft(y.double(), 2 * n).abs().square(), 2 * n)[..., :n].to(y.dtype)
         energy = F.pad(y.square().cumsum(-1), (1, 0))  # energy[..., k] = sum of y[:k]
         total = energy[..., -1:]
         lags = torch.arange(n, device=y.device)
@@ -262,9 +264,13 @@ class VocoderCodec(StreamingCodec):
         voicing = feats[..., cfg.n_mels + 1].clamp(0, 1)
         # excitation: a continuous-phase pulse train (unit mean power) and a deterministic noise table
         per_sample = (f0 / cfg.sample_rate).repeat_interleave(hop, dim=1)  # [B, N*hop] periods per sample
-        phase = state.phase[:, None] + per_sample.cumsum(1)
-        pulses = (torch.floor(phase) > torch.floor(phase - per_sample)).to(feats.dtype) * per_sample.rsqrt()
-        state.phase.copy_(phase[:, -1] - torch.floor(phase[:, -1]))
+        # The phase is summed in float64: a pulse falls where it crosses an integer, and float32 sums carry
+        # ~1e-4 of a period of rounding over a frame, enough for two runtimes' sums to place a pulse one sample
+        # apart now and then (ONNX Runtime vs PyTorch); in float64 that takes ~1e-12.
+        step = per_sample.double()
+        phase = state.phase.double()[:, None] + step.cumsum(1)
+        pulses = (torch.floor(phase) > torch.floor(phase - step)).to(feats.dtype) * per_sample.rsqrt()
+        state.phase.copy_((phase[:, -1] - torch.floor(phase[:, -1])).to(state.phase.dtype))
         table = self.noise_table
         idx = (state.noise_pos[:, None] + torch.arange(N * hop, device=feats.device)) % table.numel()
         noise = table[idx]
@@ -272,12 +278,15 @@ class VocoderCodec(StreamingCodec):
         exc = torch.cat([state.excitation, torch.stack([pulses, noise], 1)], -1)  # [B, 2, (N+1)*hop]
         state.excitation.copy_(exc[..., -hop:])
         grains = exc.unfold(-1, cfg.window, hop) * self.synth_window  # [B, 2, N, 2*hop]
-        spectra = torch.fft.rfft(grains, self.synth_fft)
+        # complex spectra as (real, imaginary) pairs: the same arithmetic, and exportable to ONNX
+        # (in float64 for the same reason as the pitch's transforms)
+        spectra = torch.view_as_real(torch.fft.rfft(grains.double(), self.synth_fft))  # [B, 2, N, bins, 2]
         mix = voicing[..., None] * self.voiced_share  # [B, N, bins]
-        spectrum = mix.sqrt() * spectra[:, 0] + (1 - mix).sqrt() * spectra[:, 1]
         power = torch.exp(mel) @ self.synth_fb.T  # [B, N, bins] power per bin of the analysed window
         gain = torch.sqrt(power / self.analysis_window.square().sum())
-        out = torch.fft.irfft(spectrum * gain, self.synth_fft)[..., : cfg.window] * self.synth_window
+        spectrum = mix.sqrt()[..., None] * spectra[:, 0] + (1 - mix).sqrt()[..., None] * spectra[:, 1]
+        spectrum = torch.complex(spectrum[..., 0] * gain, spectrum[..., 1] * gain)
+        out = torch.fft.irfft(spectrum, self.synth_fft)[..., : cfg.window].to(feats.dtype) * self.synth_window
         first, second = out[..., :hop], out[..., hop:]
         regions = F.pad(first, (0, 0, 0, 1)) + F.pad(second, (0, 0, 1, 0))  # [B, N+1, hop]
         regions[:, 0] += state.tail

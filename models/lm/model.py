@@ -249,8 +249,10 @@ class LMModel(nn.Module):
         x = self.embed(tokens)
         gates: list[torch.Tensor] = []
         vision = state.vision
-        if vision is not None and not x.is_cuda and not torch.is_grad_enabled() and not bool(vision.present.any()):
-            vision = None  # no session shows an image: skip cross-attention (on GPU keep shapes static for graphs)
+        if (vision is not None and not x.is_cuda and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                and not bool(vision.present.any())):
+            # no session shows an image: skip cross-attention (on GPU, and in an exported graph, keep one path)
+            vision = None
         if fused_ok(x):  # each residual add joins the RMSNorm after it: one launch instead of two
             pending = None
             for layer, layer_state in zip(self.transformer.layers, state.layers):
