@@ -24,8 +24,13 @@ class Agent:
         self.config = config or AgentConfig()
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
-        gen = LMGenerator(bundle.lm, bundle.sampling)
-        self.pool = SlotPool(bundle.codec, gen, self.config.max_sessions, bundle.files.input_noise_floor)
+        if self.config.backend == "onnx":
+            from agent.onnx_backend import onnx_pool
+
+            self.pool = onnx_pool(bundle, self.config)
+        else:
+            gen = LMGenerator(bundle.lm, bundle.sampling)
+            self.pool = SlotPool(bundle.codec, gen, self.config.max_sessions, bundle.files.input_noise_floor)
         self.engine = Engine(self.pool, realtime=self.config.realtime)
         self._sessions: set[Session] = set()  # open sessions only: a closed one forgets itself
         self._started = False

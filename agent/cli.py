@@ -30,9 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     tui_cli.add_command(sub)
     codec_cli.add_commands(sub)
-    from agent import convert_cli
+    from agent import convert_cli, export_cli
 
     convert_cli.add_commands(sub)
+    export_cli.add_commands(sub)
     from agent.training import cli as training_cli
 
     training_cli.add_commands(sub)

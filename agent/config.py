@@ -19,10 +19,15 @@ class AgentConfig:
     aec: bool = False  # cancel the model's own voice (AudioOut, as emitted) from send_audio's microphone input
     device: str = "auto"
     threads: int | None = None  # torch CPU threads (None: leave as is)
+    # "torch" (PyTorch eager, CUDA graphs on a GPU) or "onnx" (the frame step as ONNX Runtime graphs)
+    backend: str = "torch"
+    onnx_dir: str | None = None  # exported graphs (default: the model folder's onnx/, else a per-user cache)
 
     def __post_init__(self) -> None:
         if self.max_sessions < 1:
             raise ValueError("max_sessions must be >= 1")
+        if self.backend not in ("torch", "onnx"):
+            raise ValueError(f"backend must be 'torch' or 'onnx', not {self.backend!r}")
         if self.max_input_ms < 80:
             raise ValueError("max_input_ms must be at least one frame (80 ms)")
         if self.max_events < 8:

@@ -17,6 +17,22 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default",
                    help="registered model name (see `duplex models`) or a local model folder (default: default)")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (default)")
+    add_backend_args(p)
+
+
+def add_backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="torch (default) or onnx: the frame step through ONNX Runtime (exported on first use and "
+                        "cached, or from --onnx-dir)")
+    p.add_argument("--onnx-dir", help="graphs from `duplex export onnx` (with --backend onnx)")
+
+
+def agent_config(args, **fields):
+    """AgentConfig from the shared model/backend arguments plus command-specific fields."""
+    from agent.config import AgentConfig
+
+    return AgentConfig(device=args.device, backend=getattr(args, "backend", "torch"),
+                       onnx_dir=getattr(args, "onnx_dir", None), **fields)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -86,10 +102,9 @@ def _format_time(t: float) -> str:
 
 
 async def _simulate(args, samples: np.ndarray, progress) -> tuple[np.ndarray, list, list]:
-    from agent import Agent, AgentConfig, AudioOut, Error, TextToken, Transcript
+    from agent import Agent, AudioOut, Error, TextToken, Transcript
 
-    agent = Agent.from_pretrained(args.model, AgentConfig(max_sessions=1, realtime=args.realtime,
-                                                          device=args.device))
+    agent = Agent.from_pretrained(args.model, agent_config(args, max_sessions=1, realtime=args.realtime))
     total = math.ceil(samples.size / FRAME)
     out = np.zeros(total * FRAME, np.float32)
     tokens: list = []

@@ -214,7 +214,6 @@ def resolve_token(token: str | None, token_file: Path | None, environ=os.environ
 
 def _serve(args) -> int:
     from agent.cli import UserFacingError
-    from agent.config import AgentConfig
 
     token = resolve_token(args.token, args.token_file)
     if args.token is not None:
@@ -226,7 +225,9 @@ def _serve(args) -> int:
                               max_failed_auth=args.max_failed_auth)
     except ValueError as exc:
         raise UserFacingError(str(exc)) from exc
-    agent = Agent.from_pretrained(args.model, AgentConfig(max_sessions=args.max_sessions, device=args.device))
+    from agent.run_cli import agent_config
+
+    agent = Agent.from_pretrained(args.model, agent_config(args, max_sessions=args.max_sessions))
     app = build_app(agent, token=token, ice_servers=args.ice_server, jitter_prefetch=args.jitter_prefetch,
                     limits=limits)
     query = "?token=..." if token else ""

@@ -170,11 +170,20 @@ def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], 
             dyn.append([{0: batch} for _ in a])
         else:
             dyn.append({0: batch} if batch_axis else None)
-    flat_inputs = [n for n in input_names]
-    with torch.no_grad():
-        program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=tuple(dyn), opset_version=OPSET,
-                                    input_names=flat_inputs, output_names=output_names, optimize=True,
-                                    verbose=False)
+    import logging
+    import warnings
+
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its notes (optional torchvision ops, axis names) are not the user's business
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module.eval(), args, dynamo=True, dynamic_shapes=tuple(dyn),
+                                        opset_version=OPSET, input_names=list(input_names),
+                                        output_names=output_names, optimize=True, verbose=False)
+    finally:
+        quiet.setLevel(level)
     program.save(str(path))
 
 

@@ -14,6 +14,9 @@ import torch
 def reset_rows(tensor: torch.Tensor, mask: torch.Tensor, value: float | int = 0) -> None:
     """Set `tensor[b] = value` for every slot `b` where `mask[b]` is True, without a host sync."""
     view = mask.view(-1, *([1] * (tensor.dim() - 1))).to(tensor.device)
+    if tensor.dtype == torch.bool:  # logic instead of `where` (ONNX Runtime has no boolean Where)
+        tensor.copy_(view | tensor if value else ~view & tensor)
+        return
     tensor.copy_(torch.where(view, torch.full_like(tensor, value), tensor))
 
 

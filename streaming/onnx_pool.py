@@ -72,9 +72,15 @@ class OnnxSlotPool:
         self.capacity, self.noise_floor = capacity, noise_floor
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only (its optimizer's notes are not the user's business)
         if threads:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Decaying recurrent state (Mamba2's SSM, the codec's filters) reaches denormal floats, which x86 cores
+        # compute ~100x slower; PyTorch's CPU kernels flush them, so do the same here.
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
+        # The graphs run one after another: a session's idle workers must not spin while the next one computes.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         available = ort.get_available_providers()
         providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         self.providers = providers

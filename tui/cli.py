@@ -54,8 +54,9 @@ def _chat(args) -> int:
         except RuntimeError as exc:
             raise UserFacingError(
                 f"{exc}\n  Without audio hardware use --input-file user.wav --output-file reply.wav") from exc
-    from agent import Agent, AgentConfig
+    from agent import Agent
     from agent.registry import resolve
+    from agent.run_cli import agent_config
 
     resolve(args.model)  # fail early, before the terminal switches to the UI, with the registry's message
     camera = None
@@ -68,7 +69,7 @@ def _chat(args) -> int:
             raise UserFacingError(str(exc)) from exc
 
     def factory():
-        return Agent.from_pretrained(args.model, AgentConfig(max_sessions=1, device=args.device))
+        return Agent.from_pretrained(args.model, agent_config(args, max_sessions=1))
 
     ChatApp(factory, audio, seed=args.seed, camera=camera).run()
     return 0

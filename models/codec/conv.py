@@ -108,8 +108,9 @@ class CausalConv1d(nn.Module):
             x = torch.cat([previous, x], dim=-1)
             state.previous.copy_(x[..., -self.history:])
         out_len = (x.shape[-1] - self.history - self.stride) // self.stride + 1
+        # (not when exporting: the cached copy is keyed by a data pointer, which a traced tensor lacks)
         if x.device.type == "cpu" and self.groups == 1 and out_len <= MATMUL_MAX_STEPS and not (
-                torch.is_grad_enabled() and self.weight.requires_grad):  # the cached copy carries no gradient
+                torch.is_grad_enabled() and self.weight.requires_grad) and not torch.compiler.is_compiling():
             return _conv1d_matmul(x, self._matmul_weight.get(self.weight), self.bias, self.weight.shape[-1],
                                   self.stride, self.dilation)
         return F.conv1d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)

@@ -32,6 +32,10 @@ class ResidualVQ(nn.Module):
 
     def _augmented_tables(self) -> torch.Tensor:
         """[n_q, D + 2, bins] = per code (e, 1, |e|^2): distances become one matmul, as in torch.cdist."""
+        if torch.compiler.is_compiling():  # exported graphs: the same table, computed in the graph (no cache key)
+            books = self.codebooks
+            return torch.cat([books, torch.ones_like(books[..., :1]), books.pow(2).sum(-1, keepdim=True)],
+                             dim=-1).transpose(1, 2)
         key = (self.codebooks.data_ptr(), self.codebooks._version, self.codebooks.device)
         if getattr(self, "_aug_key", None) != key:
             books = self.codebooks.detach()

@@ -118,8 +118,10 @@ class VocoderCodec(StreamingCodec):
         fb = mel_filterbank(cfg, cfg.n_fft)
         self.register_buffer("analysis_fb", fb / fb.sum(1, keepdim=True).clamp(min=1e-8), persistent=False)
         self.register_buffer("analysis_window", torch.hann_window(win, periodic=False), persistent=False)
-        # the decoder's grains are 2 hops long, zero-padded to 4 hops (less circular aliasing from the filter)
-        self.synth_fft = 4 * hop
+        # the decoder's grains are 2 hops long, zero-padded to at least 4 hops (less circular aliasing from the
+        # filter); a power of two, which every runtime transforms as an FFT (ONNX Runtime's DFT of other lengths
+        # is a plain O(n^2) sum)
+        self.synth_fft = 1 << (4 * hop - 1).bit_length()
         fb_s = mel_filterbank(cfg, self.synth_fft).T  # [bins, n_mels]
         self.register_buffer("synth_fb", fb_s / fb_s.sum(1, keepdim=True).clamp(min=1e-3), persistent=False)
         self.register_buffer("synth_window", torch.hann_window(win, periodic=True).sqrt(), persistent=False)
@@ -177,9 +179,10 @@ class VocoderCodec(StreamingCodec):
         cfg = self.cfg
         n = windows.shape[-1]
         y = windows - windows.mean(-1, keepdim=True)
-        # float64: transforms of this length (2 x 960) are computed by plain DFTs in some runtimes (ONNX Runtime),
-        # whose float32 rounding could move a near-tie between lags; in float64 every runtime agrees
-        ac = torch.fft.irfft(torch.fft.rfft(y.double(), 2 * n).abs().square(), 2 * n)[..., :n].to(y.dtype)
+        # float64: two runtimes' float32 transforms round differently, which could move a near-tie between lags
+        # (ONNX Runtime vs PyTorch); in float64 they agree
+        m = 1 << (2 * n - 1).bit_length()  # >= 2n - 1: the circular autocorrelation is the linear one for lags < n
+        ac = torch.fft.irfft(torch.fft.rfft(y.double(), m).abs().square(), m)[..., :n].to(y.dtype)
         energy = F.pad(y.square().cumsum(-1), (1, 0))  # energy[..., k] = sum of y[:k]
         total = energy[..., -1:]
         lags = torch.arange(n, device=y.device)
