@@ -94,6 +94,7 @@ class OnnxSlotPool:
             for a, init in zip(arrs, self._initial[name]):
                 a[...] = init
         self.active = 0
+        self.keep_logits = False  # also return each frame's text logits (diagnostics, backend comparisons)
         self._noise = torch.Generator()
         names = self.manifest["states"]["lm"]["names"]
         self._seeds_index, self._offsets_index = names.index("seeds"), names.index("offsets")
@@ -161,7 +162,8 @@ class OnnxSlotPool:
         text, audio, valid = lm_out[0], lm_out[1], lm_out[2]
         (pcm,) = self._run("decode", [audio, valid], n)
         gate = lm_out[4] if len(lm_out) > 4 else None
-        return FrameResult(text=text, valid=valid, pcm=pcm, audio_codes=audio, user_codes=codes, gate=gate)
+        return FrameResult(text=text, valid=valid, pcm=pcm, audio_codes=audio, user_codes=codes, gate=gate,
+                           text_logits=lm_out[3] if self.keep_logits else None)
 
     def encode_image(self, image: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """[3, S, S] in [0, 1] -> (keys, values) for one slot; touches no session state."""

@@ -27,6 +27,7 @@ class FrameResult:
     audio_codes: np.ndarray  # [n, dep_q]
     user_codes: np.ndarray  # [n, K]
     gate: np.ndarray | None = None  # [n] mean vision gate (vision models)
+    text_logits: np.ndarray | None = None  # [n, text_card] the newest text token's logits (with keep_logits)
 
 
 class SlotPool:
@@ -47,6 +48,7 @@ class SlotPool:
             self.codec_state = codec.init_state(capacity, device=self.device, chunk=1)
             self.gen_state = generator.init_state(capacity)
         self.active = 0
+        self.keep_logits = False  # also return each frame's text logits (diagnostics, backend comparisons)
         use = graphs_wanted(self.device) if graphs is None else graphs
         self._frames: FrameGraphs | None = None
         if use:
@@ -111,6 +113,8 @@ class SlotPool:
         self.codec.reset_decoder(codec_state, not_valid)
         pcm = torch.where(out.valid[:, None], pcm, torch.zeros_like(pcm)).float()
         result = dict(text=out.text, valid=out.valid, pcm=pcm, audio=out.audio, user=user_codes[..., 0])
+        if self.keep_logits:
+            result["text_logits"] = out.text_logits.float()
         if out.gate is not None:
             result["gate"] = out.gate
         return result
@@ -128,7 +132,7 @@ class SlotPool:
         out = self._frames.run(wav) if self._frames is not None else self._device_step(wav, n)
         host = {name: t.cpu().numpy() for name, t in out.items()}
         return FrameResult(text=host["text"], valid=host["valid"], pcm=host["pcm"], audio_codes=host["audio"],
-                           user_codes=host["user"], gate=host.get("gate"))
+                           user_codes=host["user"], gate=host.get("gate"), text_logits=host.get("text_logits"))
 
     @property
     def has_vision(self) -> bool:

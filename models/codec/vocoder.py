@@ -263,16 +263,15 @@ class VocoderCodec(StreamingCodec):
         cfg, hop = self.cfg, self.cfg.hop
         B, N, _ = feats.shape
         mel = self.enhance(feats[..., : cfg.n_mels])
-        f0 = torch.exp(feats[..., cfg.n_mels]).clamp(cfg.f0_min * 0.8, cfg.f0_max * 1.25)
+        # f0 and the pulse phase in float64: a pulse falls where the phase crosses an integer, and float32 carries
+        # ~1e-4 of a period of rounding over a frame (exp's last bit, the running sum): enough for two runtimes
+        # (ONNX Runtime vs PyTorch) to place a pulse one sample apart now and then; in float64, ~1e-12.
+        f0 = torch.exp(feats[..., cfg.n_mels].double()).clamp(cfg.f0_min * 0.8, cfg.f0_max * 1.25)
         voicing = feats[..., cfg.n_mels + 1].clamp(0, 1)
         # excitation: a continuous-phase pulse train (unit mean power) and a deterministic noise table
-        per_sample = (f0 / cfg.sample_rate).repeat_interleave(hop, dim=1)  # [B, N*hop] periods per sample
-        # The phase is summed in float64: a pulse falls where it crosses an integer, and float32 sums carry
-        # ~1e-4 of a period of rounding over a frame, enough for two runtimes' sums to place a pulse one sample
-        # apart now and then (ONNX Runtime vs PyTorch); in float64 that takes ~1e-12.
-        step = per_sample.double()
+        step = (f0 / cfg.sample_rate).repeat_interleave(hop, dim=1)  # [B, N*hop] periods per sample
         phase = state.phase.double()[:, None] + step.cumsum(1)
-        pulses = (torch.floor(phase) > torch.floor(phase - step)).to(feats.dtype) * per_sample.rsqrt()
+        pulses = ((torch.floor(phase) > torch.floor(phase - step)) * step.rsqrt()).to(feats.dtype)
         state.phase.copy_((phase[:, -1] - torch.floor(phase[:, -1])).to(state.phase.dtype))
         table = self.noise_table
         idx = (state.noise_pos[:, None] + torch.arange(N * hop, device=feats.device)) % table.numel()
