@@ -22,6 +22,7 @@ class AgentConfig:
     # "torch" (PyTorch eager, CUDA graphs on a GPU) or "onnx" (the frame step as ONNX Runtime graphs)
     backend: str = "torch"
     onnx_dir: str | None = None  # exported graphs (default: the model folder's onnx/, else a per-user cache)
+    onnx_quantize: str | None = None  # "int8": dynamically quantised matrix products (exported on first use)
 
     def __post_init__(self) -> None:
         if self.max_sessions < 1:

@@ -23,6 +23,10 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     eng.add_argument("--threads", type=int, default=None)
     eng.add_argument("--no-search", dest="search", action="store_false",
                      help="do not bisect the largest real-time N between measured points")
+    eng.add_argument("--backend", choices=["torch", "onnx", "both"], default="torch",
+                     help="torch (default), onnx, or both: the two stepped alternately in one run, with ratios")
+    eng.add_argument("--onnx-dir", help="graphs from `duplex export onnx` (default: exported on first use)")
+    eng.add_argument("--onnx-quantize", choices=["int8"], help="int8 dynamic quantisation of the ONNX matmuls")
     eng.set_defaults(handler=_engine)
     lat = sub.add_parser("latency", help="latency our stack adds over loopback WebSocket and WebRTC")
     lat.add_argument("--seconds", type=float, default=10.0, help="length of the WebSocket stream (default 10)")
@@ -38,6 +42,9 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--answers", help="write every scored answer here (JSON lines: kind, question, expected, got)")
     q.add_argument("--device", default="auto", help="cpu, cuda, or auto (default)")
     q.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    from agent.run_cli import add_backend_args
+
+    add_backend_args(q)
     q.set_defaults(handler=_quality)
     v = sub.add_parser("vision", help="added step cost with an image shown, and image-to-token latency")
     v.add_argument("--model", default="default")

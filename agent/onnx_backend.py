@@ -47,7 +47,7 @@ def export_bundle_graphs(bundle: ModelBundle, out: Path, quantize: str | None = 
 
 def onnx_pool(bundle: ModelBundle, config: AgentConfig):
     """The slot pool for `backend="onnx"`, exporting the graphs first when no folder holds them."""
-    from models.onnx_graphs import MANIFEST, fingerprint
+    from models.onnx_graphs import MANIFEST, code_fingerprint, fingerprint
     from streaming.onnx_pool import OnnxBackendError, OnnxSlotPool, import_onnxruntime
 
     try:
@@ -68,11 +68,15 @@ def onnx_pool(bundle: ModelBundle, config: AgentConfig):
             raise OnnxUnavailableError(f"{folder} holds no exported graphs: run `duplex export onnx "
                                        f"{bundle.name} --out {folder}`")
     else:
-        own = bundle.files.folder / "onnx"
-        folder = own if (own / MANIFEST).is_file() else cache_dir() / fp[:20]
+        q = config.onnx_quantize
+        own = bundle.files.folder / ("onnx" + (f"-{q}" if q else ""))
+        # the cache is keyed by the weights and by the code that traced them
+        key = fp[:16] + "-" + code_fingerprint()[:8] + (f"-{q}" if q else "")
+        folder = own if (own / MANIFEST).is_file() else cache_dir() / key
         if not (folder / MANIFEST).is_file():
-            print_(f"exporting {bundle.name}'s frame step to ONNX (first use; cached in {folder}) ...")
-            export_bundle_graphs(bundle, folder, log=lambda m: print_(f"  {m}"))
+            print_(f"exporting {bundle.name}'s frame step to ONNX{f' ({q})' if q else ''} (first use; cached in "
+                   f"{folder}) ...")
+            export_bundle_graphs(bundle, folder, quantize=q, log=lambda m: print_(f"  {m}"))
     try:
         return OnnxSlotPool(folder, config.max_sessions, bundle.files.input_noise_floor, fingerprint=fp,
                             threads=config.threads)

@@ -25,14 +25,17 @@ def add_backend_args(p: argparse.ArgumentParser) -> None:
                    help="torch (default) or onnx: the frame step through ONNX Runtime (exported on first use and "
                         "cached, or from --onnx-dir)")
     p.add_argument("--onnx-dir", help="graphs from `duplex export onnx` (with --backend onnx)")
+    p.add_argument("--onnx-quantize", choices=["int8"],
+                   help="with --backend onnx: int8 dynamic quantisation of the matrix products")
 
 
 def agent_config(args, **fields):
     """AgentConfig from the shared model/backend arguments plus command-specific fields."""
     from agent.config import AgentConfig
 
-    return AgentConfig(device=args.device, backend=getattr(args, "backend", "torch"),
-                       onnx_dir=getattr(args, "onnx_dir", None), **fields)
+    shared = dict(device=args.device, backend=getattr(args, "backend", "torch"),
+                  onnx_dir=getattr(args, "onnx_dir", None), onnx_quantize=getattr(args, "onnx_quantize", None))
+    return AgentConfig(**{**shared, **fields})
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

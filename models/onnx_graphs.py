@@ -58,6 +58,17 @@ def fingerprint(*modules: nn.Module) -> str:
     return h.hexdigest()
 
 
+def code_fingerprint() -> str:
+    """Hash of the model code the graphs are traced from (every module under models/): graphs exported by other
+    code are re-exported rather than trusted."""
+    h = hashlib.sha1()
+    root = Path(__file__).resolve().parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def _randomised(state: StreamState, seed: int = 0) -> list[torch.Tensor]:
     """The state's tensors filled with random values, to see which ones a step writes."""
     g = torch.Generator().manual_seed(seed)
@@ -245,7 +256,8 @@ def export_graphs(codec, generator, out: Path, quantize: str | None = None, log=
 
     manifest = {
         "format": FORMAT, "opset": OPSET, "quantize": quantize or "",
-        "fingerprint": fingerprint(codec, lm), "sampling": dataclasses.asdict(generator.sampling),
+        "fingerprint": fingerprint(codec, lm), "code": code_fingerprint(),
+        "sampling": dataclasses.asdict(generator.sampling),
         "frame_size": codec.frame_size, "user_streams": K, "dep_q": lm.cfg.dep_q,
         "graphs": {k: dataclasses.asdict(v) for k, v in specs.items()},
         "states": {"codec": dataclasses.asdict(state_spec(codec_tpl)), "lm": dataclasses.asdict(state_spec(lm_tpl))},

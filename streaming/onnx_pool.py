@@ -73,8 +73,9 @@ class OnnxSlotPool:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only (its optimizer's notes are not the user's business)
-        if threads:
-            options.intra_op_num_threads = threads
+        # One thread unless told otherwise: the step is thousands of small operators, which ONNX Runtime's
+        # thread pool slows down rather than splits (measured on 2 cores at 1 and 16 sessions)
+        options.intra_op_num_threads = threads or 1
         options.inter_op_num_threads = 1
         # Decaying recurrent state (Mamba2's SSM, the codec's filters) reaches denormal floats, which x86 cores
         # compute ~100x slower; PyTorch's CPU kernels flush them, so do the same here.

@@ -42,8 +42,10 @@ def _spoken_words(text: str) -> list[str]:
     return words
 
 
-def run_dialogues(bundle, dialogues: list[dict], batch: int = 16, tail_s: float = 1.0, seed: int = 0):
-    """Returns per dialogue: (text pieces per frame, output pcm)."""
+def run_dialogues(bundle, dialogues: list[dict], batch: int = 16, tail_s: float = 1.0, seed: int = 0,
+                  make_pool=None):
+    """Returns per dialogue: (text pieces per frame, output pcm). `make_pool(capacity)`: another backend's slot
+    pool (default: the PyTorch SlotPool)."""
     from agent.images import prepare
     from agent.training.scenes import render
     from models.lm import LMGenerator
@@ -53,7 +55,8 @@ def run_dialogues(bundle, dialogues: list[dict], batch: int = 16, tail_s: float 
     gen = LMGenerator(bundle.lm, bundle.sampling)
     for i in tqdm(range(0, len(dialogues), batch), desc="held-out dialogues", unit="batch"):
         chunk = dialogues[i:i + batch]
-        pool = SlotPool(bundle.codec, gen, len(chunk), bundle.files.input_noise_floor)
+        pool = (make_pool(len(chunk)) if make_pool is not None
+                else SlotPool(bundle.codec, gen, len(chunk), bundle.files.input_noise_floor))
         for j, d in enumerate(chunk):
             pool.add(seed + i + j)
             scene = (d.get("qa") or {}).get("scene")
@@ -235,8 +238,17 @@ def run_quality_bench(args) -> int:
     dialogues = load_dialogues(data)[: args.count]
     print(f"device: {device_name()}  model: {bundle.name} (trained: {bundle.files.trained})  "
           f"held-out dialogues: {len(dialogues)} (voice {dialogues[0]['voice']})")
+    make_pool = None
+    if getattr(args, "backend", "torch") == "onnx":
+        from agent.onnx_backend import onnx_pool
+        from agent.run_cli import agent_config
+
+        def make_pool(capacity: int):
+            return onnx_pool(bundle, agent_config(args, max_sessions=capacity, threads=args.threads))
+
+        print(f"backend: ONNX Runtime{' (' + args.onnx_quantize + ')' if args.onnx_quantize else ''}")
     t0 = time.time()
-    results = run_dialogues(bundle, dialogues, batch=args.batch)
+    results = run_dialogues(bundle, dialogues, batch=args.batch, make_pool=make_pool)
     wall = time.time() - t0
     audio_s = sum(d["user"].size / RATE + 1.0 for d in dialogues)
     sc = score(dialogues, results)
