@@ -270,8 +270,11 @@ def _quantize(out: Path, specs: dict[str, GraphSpec], mode: str, log) -> None:
     """int8 dynamic quantisation of the matrix multiplications (weights int8, activations quantised per call)."""
     if mode != "int8":
         raise ValueError(f"unknown quantisation {mode!r} (int8 is the one supported)")
+    import logging
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # its pre-processing advice
     for name in ("lm", "image"):
         if name not in specs:
             continue
