@@ -69,6 +69,11 @@ class Agent:
     def _forget(self, session: Session) -> None:
         self._sessions.discard(session)
 
+    def capacity(self):
+        """`streaming.engine.Capacity`: total and free session slots, step p50/p99, whether it keeps real time
+        (what `/health` reports and what a router places new sessions by)."""
+        return self.engine.capacity()
+
     def session(self, seed: int | None = None) -> Session:
         """A new conversation (joins the engine on `async with` / `open()`)."""
         if not self._started:

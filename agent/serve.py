@@ -115,9 +115,10 @@ def build_app(agent: Agent, token: str | None = None, ice_servers: list[str] | N
 
     async def health(request: web.Request) -> web.StreamResponse:
         eng = agent.engine
-        return web.json_response({"status": "ok", "model": agent.bundle.name, "sessions": eng.sessions,
-                                  "max_sessions": agent.config.max_sessions, "step_ms_p99": round(eng.step_p99(), 2),
-                                  "late_ticks": eng.clock.late_ticks, "vision": state.vision_enabled,
+        cap = agent.capacity()
+        return web.json_response({"status": "ok", "model": agent.bundle.name, "backend": agent.config.backend,
+                                  "sessions": eng.sessions, "max_sessions": agent.config.max_sessions,
+                                  **cap.as_dict(), "vision": state.vision_enabled,
                                   "webrtc_peers": len(state.peers), "websockets": len(state.websockets)})
 
     async def client_report(request: web.Request) -> web.StreamResponse:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,6 +78,21 @@ class SessionSlot:
         self.engine.notify()
 
 
+@dataclass
+class Capacity:
+    """What a router needs to place a new session: free slots, and whether the engine keeps real time."""
+
+    slots_total: int
+    slots_free: int
+    step_ms_p50: float  # over the last ~10 s of steps (0 before the first step)
+    step_ms_p99: float
+    keeps_realtime: bool  # the p99 step fits the frame period (a free slot on a late engine is no room)
+    late_ticks: int  # frame ticks the clock started late since the engine started
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 class Engine:
     def __init__(self, pool: SlotPool, realtime: bool = True, period: float = 0.08):
         self.pool = pool
@@ -118,6 +134,14 @@ class Engine:
 
     def step_p99(self) -> float:
         return percentile(list(self.step_ms), 0.99) if self.step_ms else 0.0
+
+    def capacity(self) -> Capacity:
+        steps = list(self.step_ms)
+        p50 = percentile(steps, 0.5) if steps else 0.0
+        p99 = percentile(steps, 0.99) if steps else 0.0
+        return Capacity(slots_total=self.pool.capacity, slots_free=self.pool.capacity - len(self._slots),
+                        step_ms_p50=round(p50, 2), step_ms_p99=round(p99, 2),
+                        keeps_realtime=p99 < self.clock.period * 1000, late_ticks=self.clock.late_ticks)
 
     # -- membership ----------------------------------------------------------------------------
     async def join(self, seed: int, max_input_frames: int, sink: Callable[[SlotOutput], None],

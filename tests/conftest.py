@@ -58,3 +58,29 @@ def chatty_bundle():
     torch.manual_seed(0)
     bundle.lm = LMModel(bundle.lm.cfg).eval()
     return bundle
+
+
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory):
+    """A per-user ONNX cache filled once, by the first use of `backend="onnx"` with the shipped model:
+    (cache root for XDG_CACHE_HOME, the graphs' folder). Shared by every test of the ONNX backend."""
+    pytest.importorskip("onnxruntime", reason="pip install 'duplex-agent[onnx]'")
+    pytest.importorskip("onnxscript", reason="pip install 'duplex-agent[onnx]'")
+    from agent.bundle import load_bundle
+    from agent.config import AgentConfig
+    from agent.onnx_backend import onnx_pool
+    from agent.registry import resolve
+
+    cache = tmp_path_factory.mktemp("xdg-cache")
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    try:
+        onnx_pool(load_bundle(resolve("default"), device="cpu"), AgentConfig(max_sessions=1, backend="onnx"))
+    finally:
+        if old is None:
+            os.environ.pop("XDG_CACHE_HOME")
+        else:
+            os.environ["XDG_CACHE_HOME"] = old
+    folders = list((cache / "duplex" / "onnx").glob("*/onnx.json"))
+    assert len(folders) == 1
+    return cache, folders[0].parent

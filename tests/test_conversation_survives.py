@@ -50,16 +50,30 @@ class MoshiClient:
     async def say(self, pcm: np.ndarray, hold: bool = False) -> None:
         """Stream `pcm` in real time; `hold`: make the pages on time but send them all at once at the end."""
         held = []
-        for i in range(0, pcm.size, 480):
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for k, i in enumerate(range(0, pcm.size, 480)):
             page = self.writer.append_pcm(pcm[i:i + 480])
             if page:
                 held.append(page) if hold else await self.ws.send_bytes(b"\x01" + page)
-            await asyncio.sleep(0.02)
+            # paced by the clock, as a microphone is: sleeping 20 ms per chunk drifts behind real time (each
+            # sleep overshoots), the server then plays silence where the late audio belonged, and what the model
+            # hears depends on how loaded the machine is
+            await asyncio.sleep(max(0.0, start + (k + 1) * 0.02 - loop.time()))
         if held:
             await self.ws.send_bytes(b"\x01" + b"".join(held))
 
     def heard_since(self, mark: int) -> str:
         return "".join(self.text[mark:])
+
+    async def settle(self, quiet_s: float = 1.0, most_s: float = 6.0) -> None:
+        """Wait until the text stream has been quiet for `quiet_s` (an answer still streaming is not cut off)."""
+        loop = asyncio.get_running_loop()
+        end, seen, since = loop.time() + most_s, len(self.text), loop.time()
+        while loop.time() < end and loop.time() - since < quiet_s:
+            await asyncio.sleep(0.1)
+            if len(self.text) != seen:
+                seen, since = len(self.text), loop.time()
 
 
 def test_corrupt_audio_and_a_flushed_stall_do_not_end_the_conversation(shipped):
@@ -75,15 +89,18 @@ def test_corrupt_audio_and_a_flushed_stall_do_not_end_the_conversation(shipped):
                 client = MoshiClient(ws)
                 rng = np.random.default_rng(0)
                 await client.say(spoken("what is two plus three", tail_s=3.0))
+                await client.settle()
                 first = client.heard_since(0)
                 await ws.send_bytes(b"\x01" + rng.integers(0, 256, 40, dtype=np.uint8).tobytes())
                 await ws.send_bytes(b"\x01OggS" + rng.integers(0, 256, 60, dtype=np.uint8).tobytes())
                 mark = len(client.text)
                 await client.say(spoken("what is four plus four", tail_s=3.0))
+                await client.settle()
                 second = client.heard_since(mark)
                 await client.say(np.zeros(6 * 24000, np.float32), hold=True)  # a 6 s stall, then a flush
                 mark = len(client.text)
                 await client.say(spoken("what is one plus two", tail_s=3.0))
+                await client.settle()
                 third = client.heard_since(mark)
                 await ws.close()
                 assert await sessions_settle(http, server) == 0

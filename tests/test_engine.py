@@ -225,3 +225,27 @@ def test_input_noise_floor_is_per_session_so_batched_still_equals_alone(bundle):
     plain = SlotPool(bundle.codec, gen, 1)
     plain.add(7)
     assert [plain.step(silence[None, :FRAME]).user_codes[0].tolist() for _ in range(frames)] != solo
+
+
+def test_capacity_reports_free_slots_step_times_and_real_time(bundle):
+    """What a router places sessions by: total and free slots, step p50/p99, real time; a full engine refuses."""
+
+    async def main():
+        async with _agent(bundle, max_sessions=2, realtime=False) as agent:
+            cap = agent.capacity()
+            assert (cap.slots_total, cap.slots_free, cap.step_ms_p50) == (2, 2, 0.0) and cap.keeps_realtime
+            async with agent.session(seed=1) as a, agent.session(seed=2):
+                assert agent.capacity().slots_free == 0
+                with pytest.raises(SessionLimitError):
+                    await agent.session().open()
+                await a.send_audio(_speechlike(1, 12))
+                await a.end_input()
+                async for _ in a.events(timeout=10):
+                    if a.frames_out >= 10:
+                        break
+                busy = agent.capacity()
+                assert 0 < busy.step_ms_p50 <= busy.step_ms_p99
+                assert busy.keeps_realtime == (busy.step_ms_p99 < 80)
+            return agent.capacity()
+
+    assert asyncio.run(main()).slots_free == 2

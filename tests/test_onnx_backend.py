@@ -56,26 +56,11 @@ def default_greedy(bundle, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cached_default(bundle, tmp_path_factory):
-    """The first use of `backend="onnx"` exports the model's own graphs into the per-user cache."""
-    import os
-
-    from agent.config import AgentConfig
-    from agent.onnx_backend import onnx_pool
-
-    cache = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(cache)
-    try:
-        pool = onnx_pool(bundle, AgentConfig(max_sessions=1, backend="onnx"))
-    finally:
-        if old is None:
-            os.environ.pop("XDG_CACHE_HOME")
-        else:
-            os.environ["XDG_CACHE_HOME"] = old
-    folders = list((cache / "duplex" / "onnx").glob("*/onnx.json"))
-    assert len(folders) == 1 and pool.manifest["fingerprint"] == fingerprint(bundle.codec, bundle.lm)
-    return cache, folders[0].parent
+def cached_default(bundle, onnx_cache):
+    """The first use of `backend="onnx"` exported the model's own graphs into the per-user cache (conftest)."""
+    cache, folder = onnx_cache
+    assert OnnxSlotPool(folder, 1).manifest["fingerprint"] == fingerprint(bundle.codec, bundle.lm)
+    return cache, folder
 
 
 def compare(codec, gen, folder: Path, speech: list[np.ndarray], noise_floor: float = 0.0, fp: str | None = None):

@@ -48,6 +48,7 @@ def test_moshi_websocket_protocol_end_to_end(bundle):
                 assert (await (await http.get(server.make_url("/healthz"))).json()) == {"status": "ok"}  # liveness
                 health = await (await http.get(server.make_url("/health").with_query(token="s3cret"))).json()
                 assert health["status"] == "ok" and health["max_sessions"] == 1
+                assert (health["slots_total"], health["slots_free"], health["keeps_realtime"]) == (1, 1, True)
                 ws = await http.ws_connect(url.with_query(worker_auth_id="s3cret", audio_seed="7"))
                 first = await ws.receive_bytes(timeout=10)
                 assert first[0] == 0x00

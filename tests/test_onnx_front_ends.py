@@ -1,0 +1,103 @@
+"""The ONNX backend through the front ends that offer it: the Moshi-protocol WebSocket of `duplex serve` and the
+terminal UI of `duplex chat` (the library and `duplex run` are in test_onnx_backend.py). Over the WebSocket the
+shipped model answers the recorded question with the same text on both backends (same seed)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+aiohttp = pytest.importorskip("aiohttp")
+sphn = pytest.importorskip("sphn")
+from aiohttp.test_utils import TestServer  # noqa: E402
+
+from agent import Agent, AgentConfig  # noqa: E402
+from agent.bundle import load_bundle  # noqa: E402
+from agent.registry import resolve  # noqa: E402
+from agent.serve import build_app  # noqa: E402
+
+QUESTION = Path(__file__).resolve().parents[1] / "agent" / "examples" / "what_do_you_see.wav"
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_bundle(resolve("default"), device="cpu")
+
+
+def _moshi_client_text(bundle, backend: str) -> str:
+    from agent.audio import load_audio
+
+    async def main() -> str:
+        agent = Agent(bundle, AgentConfig(max_sessions=1, backend=backend))
+        server = TestServer(build_app(agent))
+        await server.start_server()
+        try:
+            async with aiohttp.ClientSession() as http:
+                ws = await http.ws_connect(server.make_url("/api/chat").with_query(audio_seed="5"))
+                assert (await ws.receive_bytes(timeout=30))[0] == 0x00  # handshake
+                writer = sphn.OpusStreamWriter(24000)
+                pcm = np.concatenate([load_audio(QUESTION).samples, np.zeros(24000 * 3, np.float32)])
+                text: list[str] = []
+
+                async def send():
+                    for i in range(0, pcm.size, 1920):  # 80 ms of audio every 80 ms, as a live microphone
+                        page = writer.append_pcm(pcm[i:i + 1920])
+                        if page:
+                            await ws.send_bytes(b"\x01" + page)
+                        await asyncio.sleep(0.08)
+
+                sender = asyncio.ensure_future(send())
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 30
+                while loop.time() < deadline and not sender.done():
+                    try:
+                        msg = await ws.receive(timeout=1)
+                    except TimeoutError:
+                        continue
+                    if msg.type != aiohttp.WSMsgType.BINARY:
+                        break
+                    if msg.data[0] == 0x02:
+                        text.append(msg.data[1:].decode())
+                sender.cancel()
+                await ws.close()
+                return "".join(text).strip()
+        finally:
+            await server.close()
+            await agent.close()
+
+    return asyncio.run(main())
+
+
+def test_websocket_answers_on_the_onnx_backend_as_on_pytorch(bundle, onnx_cache, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(onnx_cache[0]))
+    onnx = _moshi_client_text(bundle, "onnx")
+    assert onnx == _moshi_client_text(bundle, "torch")
+    assert "not see anything" in onnx.replace("don't", "do not")  # no camera on this protocol
+
+
+def test_terminal_chat_on_the_onnx_backend(bundle, onnx_cache, monkeypatch, tmp_path):
+    from test_tui import _transcript
+
+    from agent.audio import load_audio
+    from tui.app import ChatApp
+    from tui.audio_io import FileIO
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(onnx_cache[0]))
+    samples = np.concatenate([load_audio(QUESTION).samples, np.zeros(24000 * 3, np.float32)])
+    audio = FileIO(samples, tmp_path / "out.wav", tail=0.5)
+
+    async def main():
+        app = ChatApp(lambda: Agent(bundle, AgentConfig(max_sessions=1, backend="onnx")), audio, seed=1)
+        async with app.run_test(size=(100, 30)) as pilot:
+            for _ in range(150):
+                await pilot.pause(0.1)
+                if "anything" in _transcript(app) or audio.finished.is_set():
+                    break
+            transcript = _transcript(app)
+            await pilot.press("q")
+        return transcript
+
+    assert "not see anything" in asyncio.run(main())
