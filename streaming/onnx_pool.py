@@ -17,8 +17,10 @@ import torch
 
 from streaming.slots import FrameResult
 
-_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.float32, "int64": np.int64,
-           "int32": np.int32, "bool": np.bool_, "int16": np.int16, "uint8": np.uint8}
+_TORCH = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "int64": torch.int64,
+          "int32": torch.int32, "bool": torch.bool, "int16": torch.int16, "uint8": torch.uint8}
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16, torch.int64: np.int64,
+          torch.int32: np.int32, torch.bool: np.bool_, torch.int16: np.int16, torch.uint8: np.uint8}
 
 
 class OnnxBackendError(RuntimeError):
@@ -56,7 +58,10 @@ class _Graph:
 
 class OnnxSlotPool:
     def __init__(self, folder: Path, capacity: int, noise_floor: float = 0.0, fingerprint: str | None = None,
-                 threads: int | None = None, providers: list[str] | None = None):
+                 threads: int | None = None, providers: list[str] | None = None, io_binding: bool | None = None):
+        """`io_binding`: bind the state tensors in place (by pointer) instead of feeding arrays and copying the
+        results back; the default on CUDA (ONNX Runtime's CUDA provider with a CUDA build of PyTorch), where it
+        keeps the state on the GPU between frames."""
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         ort = import_onnxruntime()
@@ -87,13 +92,26 @@ class OnnxSlotPool:
         self.providers = providers
         self.graphs = {name: _Graph(ort, folder, spec, options, providers)
                        for name, spec in self.manifest["graphs"].items()}
-        self.states = {name: [np.zeros((capacity, *shape), _DTYPES[dt]) for shape, dt in zip(s["shapes"], s["dtypes"])]
+        on_gpu = "CUDAExecutionProvider" in providers and torch.cuda.is_available()
+        self.device = torch.device("cuda", 0) if on_gpu else torch.device("cpu")
+        self.io_binding = on_gpu if io_binding is None else io_binding
+        # The states, one tensor of `capacity` rows each (torch tensors: row moves and resets on the device
+        # alike); with I/O binding a second buffer per written tensor receives the step's result, then the two swap.
+        self.states = {name: [torch.zeros((capacity, *shape), dtype=_TORCH[dt], device=self.device)
+                              for shape, dt in zip(s["shapes"], s["dtypes"])]
                        for name, s in self.manifest["states"].items()}
-        self._initial = {name: [np.asarray(v, dtype=a.dtype) for v, a in zip(s["initial"], self.states[name])]
+        self._initial = {name: [torch.as_tensor(v, dtype=t.dtype, device=self.device)
+                                for v, t in zip(s["initial"], self.states[name])]
                          for name, s in self.manifest["states"].items()}
-        for name, arrs in self.states.items():
-            for a, init in zip(arrs, self._initial[name]):
-                a[...] = init
+        for name, tensors in self.states.items():
+            for t, init in zip(tensors, self._initial[name]):
+                t[...] = init
+        self._next: dict[str, dict[int, torch.Tensor]] = {name: {} for name in self.states}
+        if self.io_binding:
+            for spec in self.manifest["graphs"].values():
+                for i in spec["writes"]:
+                    state = self.states[spec["state"]][i]
+                    self._next[spec["state"]].setdefault(i, torch.empty_like(state))
         self.active = 0
         self.keep_logits = False  # also return each frame's text logits (diagnostics, backend comparisons)
         self._noise = torch.Generator()
@@ -114,9 +132,9 @@ class OnnxSlotPool:
         if self.active >= self.capacity:
             raise RuntimeError("slot pool is full")
         row = self.active
-        for name, arrs in self.states.items():
-            for a, init in zip(arrs, self._initial[name]):
-                a[row] = init
+        for name, tensors in self.states.items():
+            for t, init in zip(tensors, self._initial[name]):
+                t[row] = init
         self.states["lm"][self._seeds_index][row] = seed
         self.active += 1
         return row
@@ -128,9 +146,9 @@ class OnnxSlotPool:
         self.active -= 1
         if row == last:
             return None
-        for arrs in self.states.values():
-            for a in arrs:
-                a[row] = a[last]
+        for tensors in self.states.values():
+            for t in tensors:
+                t[row] = t[last]
         return last
 
     def _floor_noise(self, n: int, samples: int) -> np.ndarray:
@@ -141,15 +159,43 @@ class OnnxSlotPool:
 
     def _run(self, graph: str, inputs: list[np.ndarray], n: int) -> list[np.ndarray]:
         g = self.graphs[graph]
+        if self.io_binding:
+            return self._run_bound(g, inputs, n)
         spec = g.spec
-        arrs = self.states[spec["state"]]
+        tensors = self.states[spec["state"]]
         feeds = dict(zip(spec["inputs"], inputs))
-        feeds.update({f"{spec['state']}_{i}": a[:n] for i, a in enumerate(arrs)})
+        feeds.update({f"{spec['state']}_{i}": t[:n].numpy() for i, t in enumerate(tensors)})
         out = g.run(feeds)
         k = len(spec["outputs"])
         for i, value in zip(spec["writes"], out[k:]):
-            arrs[i][:n] = value
+            tensors[i][:n].copy_(torch.from_numpy(value))
         return out[:k]
+
+    def _run_bound(self, g: _Graph, inputs: list[np.ndarray], n: int) -> list[np.ndarray]:
+        """The step with every state tensor bound by pointer: rows [0, n) of a row-major tensor are its first n
+        rows in memory, so the active block is bound as is and nothing is copied on the way in or out."""
+        spec = g.spec
+        state = spec["state"]
+        tensors, nexts = self.states[state], self._next[state]
+        dev = self.device
+        io = g.session.io_binding()
+        for name, value in zip(spec["inputs"], inputs):
+            io.bind_cpu_input(name, np.ascontiguousarray(value))
+        for i, t in enumerate(tensors):
+            name = f"{state}_{i}"
+            if name in g.input_names:
+                io.bind_input(name, dev.type, dev.index or 0, _NUMPY[t.dtype], (n, *t.shape[1:]), t.data_ptr())
+        for name in spec["outputs"]:
+            io.bind_output(name, "cpu")  # the frame's small results go to the host anyway
+        for i in spec["writes"]:
+            t = nexts[i]
+            io.bind_output(f"{state}_{i}_next", dev.type, dev.index or 0, _NUMPY[t.dtype], (n, *t.shape[1:]),
+                           t.data_ptr())
+        g.session.run_with_iobinding(io)
+        outs = io.get_outputs()
+        for i in spec["writes"]:  # the written rows are in the second buffer: it becomes the state
+            tensors[i], nexts[i] = nexts[i], tensors[i]
+        return [outs[j].numpy() for j in range(len(spec["outputs"]))]
 
     def step(self, frames: np.ndarray) -> FrameResult:
         n = self.active
@@ -182,6 +228,6 @@ class OnnxSlotPool:
             lm[vision["present"]][row] = False
             return
         keys, values = tokens
-        lm[vision["keys"]][row] = keys
-        lm[vision["values"]][row] = values
+        lm[vision["keys"]][row] = torch.as_tensor(keys, device=self.device)
+        lm[vision["values"]][row] = torch.as_tensor(values, device=self.device)
         lm[vision["present"]][row] = True

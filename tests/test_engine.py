@@ -234,12 +234,13 @@ def test_capacity_reports_free_slots_step_times_and_real_time(bundle):
         async with _agent(bundle, max_sessions=2, realtime=False) as agent:
             cap = agent.capacity()
             assert (cap.slots_total, cap.slots_free, cap.step_ms_p50) == (2, 2, 0.0) and cap.keeps_realtime
-            async with agent.session(seed=1) as a, agent.session(seed=2):
+            async with agent.session(seed=1) as a, agent.session(seed=2) as b:
                 assert agent.capacity().slots_free == 0
                 with pytest.raises(SessionLimitError):
                     await agent.session().open()
-                await a.send_audio(_speechlike(1, 12))
-                await a.end_input()
+                for s in (a, b):  # offline pacing steps once every session's input is there
+                    await s.send_audio(_speechlike(1, 12))
+                    await s.end_input()
                 async for _ in a.events(timeout=10):
                     if a.frames_out >= 10:
                         break

@@ -189,3 +189,29 @@ def test_clear_errors(bundle, default_greedy, tmp_path):
                         "--input", str(ROOT / "agent" / "examples" / "what_do_you_see.wav"), "--output",
                         str(tmp_path / "r.wav")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 1 and "holds no exported graphs" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_io_binding_steps_the_state_in_place_with_the_same_results(cached_default):
+    """The CUDA path's I/O binding (state bound by pointer, result buffers swapped in) run here on the CPU:
+    the same tokens and audio as feeding arrays, across a join and a leave."""
+    from test_engine import _speechlike
+
+    folder = cached_default[1]
+    pools = [OnnxSlotPool(folder, 3, 0.002, io_binding=flag) for flag in (False, True)]
+    audio = [_speechlike(s, 20) for s in (4, 5, 6)]
+    for pool in pools:
+        pool.add(4)
+        pool.add(5)
+    for t in range(20):
+        if t == 6:
+            assert [pool.add(6) for pool in pools] == [2, 2]
+        if t == 12:
+            assert [pool.remove(0) for pool in pools] == [2, 2]  # session 6 moves into row 0
+        live = [0, 1] if t < 6 else [0, 1, 2] if t < 12 else [2, 1]  # the session in each row
+        x = np.stack([audio[k][t * FRAME:(t + 1) * FRAME] for k in live])
+        a, b = (pool.step(x) for pool in pools)
+        np.testing.assert_array_equal(a.text, b.text)
+        np.testing.assert_array_equal(a.audio_codes, b.audio_codes)
+        np.testing.assert_array_equal(a.user_codes, b.user_codes)
+        np.testing.assert_array_equal(a.pcm, b.pcm)
+    assert pools[1].io_binding and not pools[0].io_binding
