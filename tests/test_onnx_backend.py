@@ -180,9 +180,22 @@ def test_backend_through_the_library_and_duplex_run(bundle, cached_default, tmp_
 
 
 def test_clear_errors(bundle, default_greedy, tmp_path):
+    import shutil
+
+    import onnx
+
     _, folder = default_greedy
     with pytest.raises(OnnxBackendError, match="other weights"):
         OnnxSlotPool(folder, 1, fingerprint="0" * 40)
+    newer = tmp_path / "newer"
+    shutil.copytree(folder, newer)
+    graph = onnx.load(str(newer / "encode.onnx"))
+    for entry in graph.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = 99  # an opset no runtime has
+    onnx.save(graph, str(newer / "encode.onnx"))
+    with pytest.raises(OnnxBackendError, match="opset this ONNX Runtime .* lacks: upgrade onnxruntime"):
+        OnnxSlotPool(newer, 1)
     with pytest.raises(OnnxBackendError, match="duplex export onnx"):
         OnnxSlotPool(tmp_path, 1)
     p = subprocess.run([sys.executable, "-m", "agent.cli", "run", "--backend", "onnx", "--onnx-dir", str(tmp_path),
