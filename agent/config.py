@@ -18,6 +18,9 @@ class AgentConfig:
     vision_min_change: float = 0.02  # ... and skipped when they barely differ from the view already encoded
     aec: bool = False  # cancel the model's own voice (AudioOut, as emitted) from send_audio's microphone input
     device: str = "auto"
+    # one engine per device ("cuda:0", "cuda:1", ...; "cpu" counts as one and may repeat), each with
+    # max_sessions slots; a new session goes to the engine with the most free slots (None: just `device`)
+    devices: list[str] | None = None
     threads: int | None = None  # torch CPU threads (None: leave as is)
     # "torch" (PyTorch eager, CUDA graphs on a GPU) or "onnx" (the frame step as ONNX Runtime graphs)
     backend: str = "torch"
@@ -27,6 +30,8 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if self.max_sessions < 1:
             raise ValueError("max_sessions must be >= 1")
+        if self.devices is not None and not self.devices:
+            raise ValueError("devices, when given, must name at least one device")
         if self.backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx', not {self.backend!r}")
         if self.max_input_ms < 80:

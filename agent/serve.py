@@ -119,6 +119,7 @@ def build_app(agent: Agent, token: str | None = None, ice_servers: list[str] | N
         return web.json_response({"status": "ok", "model": agent.bundle.name, "backend": agent.config.backend,
                                   "sessions": eng.sessions, "max_sessions": agent.config.max_sessions,
                                   **cap.as_dict(), "vision": state.vision_enabled,
+                                  "engines": [c.as_dict() for c in agent.engine_capacities()],
                                   "webrtc_peers": len(state.peers), "websockets": len(state.websockets)})
 
     async def client_report(request: web.Request) -> web.StreamResponse:
@@ -166,7 +167,11 @@ def add_command(sub: argparse._SubParsersAction) -> None:
                                    "sessions and step times (behind the token when one is set).")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8998, help="port (default 8998, Moshi's)")
-    p.add_argument("--max-sessions", type=int, default=8, help="concurrent conversations (default 8)")
+    p.add_argument("--max-sessions", type=int, default=8,
+                   help="concurrent conversations per engine (default 8)")
+    p.add_argument("--devices", metavar="DEV,DEV,...",
+                   help="one engine per device, e.g. cuda:0,cuda:1 (cpu counts as one and may repeat); a new "
+                        "session goes to the engine with the most free slots (default: --device alone)")
     p.add_argument("--token", help=f"require this token (?worker_auth_id= for WebSocket, ?token= for the page and "
                                    f"WebRTC); visible in `ps`: prefer ${TOKEN_ENV} or --token-file")
     p.add_argument("--token-file", type=Path, help="read the token from this file (first line)")
@@ -228,7 +233,8 @@ def _serve(args) -> int:
         raise UserFacingError(str(exc)) from exc
     from agent.run_cli import agent_config
 
-    agent = Agent.from_pretrained(args.model, agent_config(args, max_sessions=args.max_sessions))
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
+    agent = Agent.from_pretrained(args.model, agent_config(args, max_sessions=args.max_sessions, devices=devices))
     app = build_app(agent, token=token, ice_servers=args.ice_server, jitter_prefetch=args.jitter_prefetch,
                     limits=limits)
     query = "?token=..." if token else ""

@@ -34,6 +34,7 @@ class Session:
         self._callbacks: dict[type, list[Callable]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._slot: SessionSlot | None = None
+        self.engine = agent.engine  # until open() places the session on the least loaded engine
         self._resampler: StreamResampler | None = None
         self._closed = False
         self._close_task: asyncio.Task | None = None
@@ -66,8 +67,9 @@ class Session:
             return
         cfg = self.agent.config
         max_frames = max(1, cfg.max_input_ms // 80) if cfg.realtime else 64
+        self.engine = self.agent.place()
         try:
-            self._slot = await self.agent.engine.join(self.seed, max_frames, self._on_frame, self._has_room)
+            self._slot = await self.engine.join(self.seed, max_frames, self._on_frame, self._has_room)
         except EngineFullError as exc:
             raise SessionLimitError(f"{exc}; close a session or start the agent with a larger max_sessions") from exc
 
@@ -82,7 +84,7 @@ class Session:
     async def _close(self, reason: str) -> None:
         try:
             if self._slot is not None:
-                await self.agent.engine.leave(self._slot)
+                await self.engine.leave(self._slot)
         finally:
             self._flush_transcript(self.frames_out * FRAME_S)
             for task in self._tasks:
@@ -169,7 +171,7 @@ class Session:
     def _check_image(self, image):
         """The cheap checks, on the caller's thread: raises InvalidImageError / UnsupportedError at once."""
         self._check_open()
-        if not self.agent.pool.has_vision:
+        if not self.engine.pool.has_vision:
             raise UnsupportedError(f"model '{self.agent.bundle.name}' has no vision adapter; images need one")
         from agent.images import check
 
@@ -201,16 +203,16 @@ class Session:
 
     async def clear_image(self) -> None:
         slot = self._check_open()
-        async with self.agent.engine._lock:
+        async with self.engine._lock:
             if slot.active:
-                self.agent.pool.set_image(slot.row, None)
+                self.engine.pool.set_image(slot.row, None)
         self._shown_image = None
 
     async def _apply_image(self, prepared) -> None:
         from agent.images import change
 
         diff = 1.0 if self._shown_image is None else change(prepared, self._shown_image)
-        encode_ms = await self.agent.engine.update_image(self._check_open(), prepared)
+        encode_ms = await self.engine.update_image(self._check_open(), prepared)
         self._shown_image = prepared
         frame = self._slot.frames if self._slot else 0
         self._emit(ImageUpdated(frame=frame, time=frame * FRAME_S, encode_ms=encode_ms, change=diff))
@@ -308,7 +310,7 @@ class Session:
                     self._flush_transcript(t)
         cfg = self.agent.config
         if self.frames_out % cfg.stats_every == 0:
-            engine = self.agent.engine
+            engine = self.engine
             slot = self._slot
             self._emit(Stats(frame=out.frame, step_ms=out.step_ms, step_ms_p99=engine.step_p99(),
                              latency_ms=self._latency_ms, sessions=engine.sessions,

@@ -250,3 +250,48 @@ def test_capacity_reports_free_slots_step_times_and_real_time(bundle):
             return agent.capacity()
 
     assert asyncio.run(main()).slots_free == 2
+
+
+def test_two_engines_place_by_free_slots_and_batched_still_equals_alone(bundle):
+    """`devices=["cpu", "cpu"]`: two engines in one process; each new session goes to the engine with the most
+    free slots, a full agent refuses, and each session's audio is what it gets alone on one engine."""
+    frames, seeds = 12, [11, 22, 33]
+    audio = [_speechlike(s, frames) for s in seeds]
+
+    def alone(seed, pcm):
+        pool = SlotPool(bundle.codec, LMGenerator(bundle.lm, bundle.sampling), 1, bundle.files.input_noise_floor)
+        pool.add(seed)
+        outs = [pool.step(pcm[None, t * FRAME:(t + 1) * FRAME]) for t in range(frames)]
+        return [o.pcm[0] for o in outs if o.valid[0]]  # what a session emits as AudioOut
+
+    async def main():
+        config = AgentConfig(max_sessions=2, realtime=False, devices=["cpu", "cpu"])
+        async with Agent(bundle, config) as agent:
+            assert len(agent.engines) == 2 and agent.capacity().slots_total == 4
+            sessions = [agent.session(seed=s) for s in seeds]
+            for s in sessions:
+                await s.open()
+            assert [agent.engines.index(s.engine) for s in sessions] == [0, 1, 0]  # most free first, ties first
+            assert [c.slots_free for c in agent.engine_capacities()] == [0, 1]
+            extra = agent.session(seed=44)
+            await extra.open()  # the last free slot, on engine 1
+            assert extra.engine is agent.engines[1]
+            with pytest.raises(SessionLimitError):
+                await agent.session(seed=55).open()
+            await extra.close()
+            got: dict[int, list] = {s.seed: [] for s in sessions}
+            for s, a in zip(sessions, audio):
+                s.on(AudioOut, lambda ev, k=s.seed: got[k].append(ev.pcm))
+                await s.send_audio(a)
+                await s.end_input()
+            for s in sessions:
+                async for _ in s.events(timeout=20):
+                    if s.frames_out >= frames:
+                        break
+            return got
+
+    got = asyncio.run(main())
+    for seed, a in zip(seeds, audio):
+        solo = alone(seed, a)
+        assert len(solo) >= frames - 2 and len(got[seed]) >= len(solo)
+        np.testing.assert_array_equal(np.stack(got[seed][:len(solo)]), np.stack(solo))

@@ -217,3 +217,32 @@ def test_outbound_track_is_bounded_and_paced():
     frames, elapsed = asyncio.run(main())
     assert 0.5 < elapsed < 1.0  # paced on the wall clock, not bursted
     assert frames[0].samples == 960 and np.abs(frames[-1].to_ndarray()).max() == 0  # silence once drained
+
+
+def test_two_engines_behind_one_server(bundle):
+    """`duplex serve --devices cpu,cpu --max-sessions 1`: /health lists both engines; two Moshi-protocol clients
+    are placed, one per engine; a third is refused at once with a clear message."""
+
+    async def main():
+        agent = Agent(bundle, AgentConfig(max_sessions=1, devices=["cpu", "cpu"]))
+        server = TestServer(build_app(agent))
+        await server.start_server()
+        try:
+            async with aiohttp.ClientSession() as http:
+                health = await (await http.get(server.make_url("/health"))).json()
+                assert len(health["engines"]) == 2 and health["slots_total"] == 2
+                url = server.make_url("/api/chat")
+                clients = [await http.ws_connect(url) for _ in range(2)]
+                for ws in clients:
+                    assert (await ws.receive_bytes(timeout=10))[0] == 0x00
+                health = await (await http.get(server.make_url("/health"))).json()
+                assert [e["slots_free"] for e in health["engines"]] == [0, 0]
+                third = await http.ws_connect(url)
+                refusal = await third.receive_bytes(timeout=10)
+                assert refusal[0] == 0x05 and b"server full" in refusal
+                for ws in (*clients, third):
+                    await ws.close()
+        finally:
+            await server.close()
+
+    asyncio.run(main())
