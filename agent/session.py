@@ -67,11 +67,15 @@ class Session:
             return
         cfg = self.agent.config
         max_frames = max(1, cfg.max_input_ms // 80) if cfg.realtime else 64
-        self.engine = self.agent.place()
-        try:
-            self._slot = await self.engine.join(self.seed, max_frames, self._on_frame, self._has_room)
-        except EngineFullError as exc:
-            raise SessionLimitError(f"{exc}; close a session or start the agent with a larger max_sessions") from exc
+        for attempt in range(len(self.agent.engines)):
+            self.engine = self.agent.place()  # raises SessionLimitError when no engine has a free slot
+            try:
+                self._slot = await self.engine.join(self.seed, max_frames, self._on_frame, self._has_room)
+                return
+            except EngineFullError as exc:  # taken by a session that opened meanwhile: place again
+                if attempt == len(self.agent.engines) - 1:
+                    raise SessionLimitError(f"{exc}; close a session or start the agent with a larger "
+                                            "max_sessions") from exc
 
     async def close(self, reason: str = "closed") -> None:
         """Leave the engine and end the event stream. Runs to completion even if the caller is cancelled

@@ -31,7 +31,9 @@ def _moshi_client_text(bundle, backend: str) -> str:
     from agent.audio import load_audio
 
     async def main() -> str:
-        agent = Agent(bundle, AgentConfig(max_sessions=1, backend=backend))
+        # offline pacing: every frame the client sends is heard as sent, however loaded the machine is (a
+        # real-time engine plays silence into late audio), so the two backends must answer alike
+        agent = Agent(bundle, AgentConfig(max_sessions=1, backend=backend, realtime=False))
         server = TestServer(build_app(agent))
         await server.start_server()
         try:
@@ -96,10 +98,12 @@ def test_terminal_chat_on_the_onnx_backend(bundle, onnx_cache, monkeypatch, tmp_
         async with app.run_test(size=(100, 30)) as pilot:
             for _ in range(150):
                 await pilot.pause(0.1)
-                if "anything" in _transcript(app) or audio.finished.is_set():
+                if any(w in _transcript(app) for w in ("thing", "that")) or audio.finished.is_set():
                     break
             transcript = _transcript(app)
             await pilot.press("q")
         return transcript
 
-    assert "notseeanything" in asyncio.run(main()).replace(" ", "")  # pieces are written as they come
+    said = asyncio.run(main()).replace(" ", "")  # pieces are written as they come
+    # a vision question with no camera: "i do not see anything", or the refusal (both are the model's domain)
+    assert "idonotseeanything" in said or "sorryicannotdothat" in said, said
