@@ -32,6 +32,24 @@ class LoadedAudio:
 
 def load_audio(path: str | Path, target_rate: int = TARGET_RATE) -> LoadedAudio:
     """Read an audio file, downmix to mono and resample to `target_rate`; notes say what was converted."""
+    samples, source_rate, channels = _decode(path, target_rate, keep_channels=False)
+    notes = []
+    if channels > 1:
+        notes.append(f"downmixed {channels} channels to mono")
+    if source_rate != target_rate:
+        notes.append(f"resampled {source_rate} Hz -> {target_rate} Hz")
+    return LoadedAudio(samples[0], target_rate, source_rate, channels, notes)
+
+
+def load_channels(path: str | Path, target_rate: int = TARGET_RATE) -> tuple[np.ndarray, int]:
+    """Read an audio file keeping its channels apart (mono or stereo), resampled to `target_rate`:
+    ([channels, samples] float32, the file's own rate)."""
+    samples, source_rate, _ = _decode(path, target_rate, keep_channels=True)
+    return samples, source_rate
+
+
+def _decode(path: str | Path, target_rate: int, keep_channels: bool) -> tuple[np.ndarray, int, int]:
+    """([channels or 1, samples] float32 at `target_rate`, the file's rate, the file's channel count)."""
     path = Path(path)
     if not path.exists():
         raise AudioError(f"audio file not found: {path}")
@@ -51,50 +69,10 @@ def load_audio(path: str | Path, target_rate: int = TARGET_RATE) -> LoadedAudio:
         stream = container.streams.audio[0]
         source_rate = stream.codec_context.sample_rate or stream.rate
         channels = stream.codec_context.channels or 1
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=target_rate)
-        chunks: list[np.ndarray] = []
-        try:
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
-        except Exception as exc:  # noqa: BLE001
-            raise AudioError(f"{path} is corrupt or truncated: {exc}") from exc
-    samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
-    if samples.size == 0:
-        raise AudioError(f"{path} decodes to no audio samples")
-    if not np.isfinite(samples).all():
-        raise AudioError(f"{path} contains NaN or infinite samples")
-    notes = []
-    if channels > 1:
-        notes.append(f"downmixed {channels} channels to mono")
-    if source_rate != target_rate:
-        notes.append(f"resampled {source_rate} Hz -> {target_rate} Hz")
-    return LoadedAudio(samples, target_rate, source_rate, channels, notes)
-
-
-def load_channels(path: str | Path, target_rate: int = TARGET_RATE) -> tuple[np.ndarray, int]:
-    """Read an audio file keeping its channels apart (mono or stereo), resampled to `target_rate`:
-    ([channels, samples] float32, the file's own rate)."""
-    path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
-        raise AudioError(f"audio file missing or empty: {path}")
-    import av
-
-    try:
-        container = av.open(str(path))
-    except Exception as exc:  # noqa: BLE001 - PyAV raises many error types
-        raise AudioError(f"cannot read {path} as audio ({exc})") from exc
-    with container:
-        if not container.streams.audio:
-            raise AudioError(f"{path} contains no audio stream")
-        stream = container.streams.audio[0]
-        source_rate = stream.codec_context.sample_rate or stream.rate
-        channels = stream.codec_context.channels or 1
-        if channels > 2:
+        if keep_channels and channels > 2:
             raise AudioError(f"{path} has {channels} channels; give stereo (agent + user) or mono files")
-        resampler = av.AudioResampler(format="fltp", layout="stereo" if channels == 2 else "mono", rate=target_rate)
+        layout = "stereo" if keep_channels and channels == 2 else "mono"
+        resampler = av.AudioResampler(format="fltp", layout=layout, rate=target_rate)
         chunks: list[np.ndarray] = []
         try:
             for frame in container.decode(stream):
@@ -102,12 +80,13 @@ def load_channels(path: str | Path, target_rate: int = TARGET_RATE) -> tuple[np.
             chunks += [out.to_ndarray() for out in resampler.resample(None)]
         except Exception as exc:  # noqa: BLE001
             raise AudioError(f"{path} is corrupt or truncated: {exc}") from exc
-    samples = np.concatenate(chunks, axis=1).astype(np.float32) if chunks else np.zeros((channels, 0), np.float32)
+    rows = 2 if layout == "stereo" else 1
+    samples = np.concatenate(chunks, axis=1).astype(np.float32) if chunks else np.zeros((rows, 0), np.float32)
     if samples.shape[1] == 0:
         raise AudioError(f"{path} decodes to no audio samples")
     if not np.isfinite(samples).all():
         raise AudioError(f"{path} contains NaN or infinite samples")
-    return samples, source_rate
+    return samples, source_rate, channels
 
 
 def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int = TARGET_RATE) -> None:
