@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streaming.slots import FrameResult
+from streaming.slots import FrameResult, floor_noise
 
 _TORCH = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "int64": torch.int64,
           "int32": torch.int32, "bool": torch.bool, "int16": torch.int16, "uint8": torch.uint8}
@@ -152,10 +152,9 @@ class OnnxSlotPool:
         return last
 
     def _floor_noise(self, n: int, samples: int) -> np.ndarray:
-        seeds = self.states["lm"][self._seeds_index][:n].tolist()
-        offsets = self.states["lm"][self._offsets_index][:n].tolist()
-        return torch.stack([torch.randn(samples, generator=self._noise.manual_seed((s * 1_000_003 + t) % 2**62))
-                            for s, t in zip(seeds, offsets)]).numpy()
+        lm = self.states["lm"]
+        return floor_noise(self._noise, lm[self._seeds_index][:n].tolist(), lm[self._offsets_index][:n].tolist(),
+                           samples).numpy()
 
     def _run(self, graph: str, inputs: list[np.ndarray], n: int) -> list[np.ndarray]:
         g = self.graphs[graph]

@@ -30,6 +30,14 @@ class FrameResult:
     text_logits: np.ndarray | None = None  # [n, text_card] the newest text token's logits (with keep_logits)
 
 
+def floor_noise(generator: torch.Generator, seeds: list[int], offsets: list[int], samples: int) -> torch.Tensor:
+    """[rows, samples] of the input noise floor, drawn from each session's own seed and frame index, so a session
+    hears the same floor whichever other sessions share its batch (batched == alone); every backend's pool draws
+    it here so that they hear the same."""
+    return torch.stack([torch.randn(samples, generator=generator.manual_seed((seed * 1_000_003 + t) % 2**62))
+                        for seed, t in zip(seeds, offsets)])
+
+
 class SlotPool:
     def __init__(self, codec: Codec, generator: LMGenerator, capacity: int, noise_floor: float = 0.0,
                  graphs: bool | None = None):
@@ -94,11 +102,7 @@ class SlotPool:
         return last
 
     def _floor_noise(self, gen_state, samples: int) -> torch.Tensor:
-        """Noise drawn from each session's own seed and frame index, so a session hears the same floor whichever
-        other sessions share its batch (batched == alone)."""
-        keys = zip(gen_state.seeds.tolist(), gen_state.offsets.tolist())
-        return torch.stack([torch.randn(samples, generator=self._noise.manual_seed((seed * 1_000_003 + t) % 2**62))
-                            for seed, t in keys])
+        return floor_noise(self._noise, gen_state.seeds.tolist(), gen_state.offsets.tolist(), samples)
 
     def _device_step(self, wav: torch.Tensor, rows: int) -> dict[str, torch.Tensor]:
         """Everything on the device for pool rows [0, rows): wav [rows, 1, frame] -> output tensors."""

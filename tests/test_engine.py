@@ -43,24 +43,18 @@ def _run_alone(bundle, seed: int, audio: np.ndarray, frames: int):
     return [(int(o.text[0]), o.audio_codes[0].tolist()) for o in outs]
 
 
-def test_batched_sessions_match_sessions_alone_across_joins_and_leaves(bundle):
-    frames = 24
-    seeds = [11, 22, 33]
-    audio = [_speechlike(s, frames) for s in seeds]
-    alone = [_run_alone(bundle, s, a, frames) for s, a in zip(seeds, audio)]
-
-    pool = SlotPool(bundle.codec, LMGenerator(bundle.lm, bundle.sampling), 4)
+def run_joins_and_leaves(pool, seeds: list[int], audio: list[np.ndarray], frames: int) -> dict[int, list]:
+    """Sessions 0 and 1 from frame 0, session 2 joins at frame 8, session 0 leaves at frame 16 (the last row
+    moves into its place); each session's (text, audio codes) per frame, read from whichever row it is in."""
     rows = {0: pool.add(seeds[0]), 1: pool.add(seeds[1])}
-    got = {0: [], 1: [], 2: []}
-    start = {0: 0, 1: 0, 2: 8}  # session 2 joins at frame 8
+    got: dict[int, list] = {0: [], 1: [], 2: []}
+    start = {0: 0, 1: 0, 2: 8}
     for t in range(frames):
         if t == 8:
             rows[2] = pool.add(seeds[2])
-        if t == 16:  # session 0 leaves; the last row moves into its place
+        if t == 16:
             moved = pool.remove(rows.pop(0))
-            for k, r in rows.items():
-                if r == moved:
-                    rows[k] = 0
+            rows = {k: (0 if r == moved else r) for k, r in rows.items()}
         batch = np.zeros((pool.active, FRAME), np.float32)
         for k, r in rows.items():
             i = t - start[k]
@@ -68,6 +62,17 @@ def test_batched_sessions_match_sessions_alone_across_joins_and_leaves(bundle):
         out = pool.step(batch)
         for k, r in rows.items():
             got[k].append((int(out.text[r]), out.audio_codes[r].tolist()))
+    return got
+
+
+def test_batched_sessions_match_sessions_alone_across_joins_and_leaves(bundle):
+    frames = 24
+    seeds = [11, 22, 33]
+    audio = [_speechlike(s, frames) for s in seeds]
+    alone = [_run_alone(bundle, s, a, frames) for s, a in zip(seeds, audio)]
+
+    got = run_joins_and_leaves(SlotPool(bundle.codec, LMGenerator(bundle.lm, bundle.sampling), 4), seeds, audio,
+                               frames)
     assert got[0] == alone[0][:16]
     assert got[1] == alone[1]
     assert got[2] == alone[2][: frames - 8]

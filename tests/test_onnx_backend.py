@@ -105,7 +105,7 @@ def test_tiny_kyutai_layout_model_onnx_equals_pytorch(tmp_path, speech):
 
 def test_onnx_batched_equals_alone_across_joins_and_leaves(bundle, cached_default):
     """Seeded sampling (the model's own settings) stays batch-invariant, and rows move as sessions leave."""
-    from test_engine import _speechlike
+    from test_engine import _speechlike, run_joins_and_leaves
 
     frames, seeds = 24, [11, 22, 33]
     folder = cached_default[1]
@@ -122,22 +122,7 @@ def test_onnx_batched_equals_alone_across_joins_and_leaves(bundle, cached_defaul
     torch_pool.add(seeds[1])
     assert [(int(o.text[0]), o.audio_codes[0].tolist()) for o in
             (torch_pool.step(audio[1][None, t * FRAME:(t + 1) * FRAME]) for t in range(frames))] == solo[1]
-    pool = OnnxSlotPool(folder, 4)
-    rows = {0: pool.add(seeds[0]), 1: pool.add(seeds[1])}
-    got, start = {0: [], 1: [], 2: []}, {0: 0, 1: 0, 2: 8}
-    for t in range(frames):
-        if t == 8:
-            rows[2] = pool.add(seeds[2])
-        if t == 16:  # session 0 leaves; the last row moves into its place
-            moved = pool.remove(rows.pop(0))
-            rows = {k: (0 if r == moved else r) for k, r in rows.items()}
-        batch = np.zeros((pool.active, FRAME), np.float32)
-        for k, r in rows.items():
-            i = t - start[k]
-            batch[r] = audio[k][i * FRAME:(i + 1) * FRAME]
-        out = pool.step(batch)
-        for k, r in rows.items():
-            got[k].append((int(out.text[r]), out.audio_codes[r].tolist()))
+    got = run_joins_and_leaves(OnnxSlotPool(folder, 4), seeds, audio, frames)
     assert got[0] == solo[0][:16] and got[1] == solo[1] and got[2] == solo[2][: frames - 8]
 
 
