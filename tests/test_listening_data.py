@@ -17,10 +17,32 @@ def test_held_out_phrasings_never_reach_training():
     ph.assert_disjoint()
     rng = random.Random(0)
     held = {t for v in ph.PHRASINGS.values() for t in v["held_out"]}
-    for _ in range(3000):  # training draws only ever use training phrasings
+    held |= set(ph.OUT_OF_DOMAIN["held_out"]) | set(ph.PASSAGES["held_out"])
+    held |= {t for _, p in ph.GREETING_INTENTS.values() for t in p["held_out"]}
+    near = set(ph.NEAR_DOMAIN["held_out"])
+    for _ in range(6000):  # training draws, composed ones included, never use a held-out phrasing
         qa = sample_turn(rng, None, "train")
         assert not any(_matches(t, qa.question) for t in held), qa.question
+        if qa.kind == "refuse_near":
+            assert not any(_matches(t, qa.question) for t in near), qa.question
     assert ph.held_out_phrasings() >= 30
+
+
+def test_composed_phrasings_are_many_and_keep_one_answer():
+    """The grammar gives each kind well over a hundred ways to ask (the fixed lists gave 5-12), and a composed
+    question keeps its kind's one answer form."""
+    from agent.training import phrasing_grammar as grammar
+
+    for kind in ("add", "sub", "count"):
+        assert len(grammar.templates(kind)) > 100
+    assert len(grammar.templates("near_arith")) > 300
+    rng = random.Random(5)
+    seen = set()
+    for _ in range(400):
+        qa = sample_turn(rng, None, "train", kind="add")
+        seen.add(qa.question)
+        assert qa.answer.split()[1] == "plus" and qa.answer.split()[4] == qa.key[0]
+    assert len(seen) > 250  # almost every draw is a new sentence
 
 
 def _matches(template: str, text: str) -> bool:
@@ -28,7 +50,7 @@ def _matches(template: str, text: str) -> bool:
 
     pattern = re.escape(template)
     for field in ("a", "b", "n", "w", "s", "ss"):
-        pattern = pattern.replace(re.escape("{" + field + "}"), r"[a-z ]+")
+        pattern = pattern.replace(re.escape("{" + field + "}"), r"[a-z]+")  # one word: a digit, shape or word
     return re.fullmatch(pattern, text) is not None
 
 

@@ -31,7 +31,7 @@ def _words(text: str) -> list[str]:
 @dataclass
 class SetSpec:
     name: str
-    split: str  # phrasings: "held_out" (test sets) or "train" (selection set)
+    split: str  # phrasings: "held_out" (test sets), "train" (selection set) or "listed" (training lists only)
     count: int
     kinds: list[str]
     scene_p: float
@@ -44,7 +44,7 @@ TEST_SETS = [
     SetSpec("near_domain", "held_out", 60, ["refuse_near"], 0.5, goal=">= 90% refused"),
     SetSpec("out_of_domain", "held_out", 60, ["refuse_out", "passage"], 0.5, goal="<= 5% invented answers"),
     SetSpec("no_image", "held_out", 30, ["see", "colour", "howmany"], 0.0, goal="'nothing' or refusal"),
-    SetSpec("session", "train", 6, IN_DOMAIN, 0.6, turns=12, goal="questions 10-12 within 3 points of the 1st"),
+    SetSpec("session", "listed", 6, IN_DOMAIN, 0.6, turns=12, goal="questions 10-12 within 3 points of the 1st"),
 ]
 SELECTION_SETS = [SetSpec("selection", "train", 120, IN_DOMAIN + ["refuse_near", "refuse_out", "passage"], 0.6)]
 

@@ -72,7 +72,7 @@ def sample_qa(rng: random.Random, vision: bool = True) -> QA:
 # -- natural phrasing, refusals and sessions of several questions (`duplex data synth --mix listen`) ----------
 LISTEN_KINDS = {  # relative frequency of each kind of turn in a listening session
     "add": 2.0, "sub": 1.5, "count": 1.0, "spell": 1.2, "greet": 0.8, "see": 1.0, "colour": 0.8, "howmany": 1.0,
-    "refuse_near": 1.6, "refuse_out": 1.6, "passage": 0.5,
+    "refuse_near": 2.2, "refuse_out": 1.8, "passage": 0.6,
 }
 VISION_KINDS = ("see", "colour", "howmany")
 
@@ -83,6 +83,12 @@ def sample_turn(rng: random.Random, scene: Scene | None, split: str = "train", k
     Vision questions with no `scene` shown get NOTHING_SEEN; requests outside the domain get REFUSAL; a read
     passage gets no answer (empty answer: the agent stays silent)."""
     from agent.training import phrasing as ph
+    from agent.training import phrasing_grammar as grammar
+
+    def composed() -> bool:  # training draws only: half from the composed grammar
+        return split == "train" and rng.random() < ph.COMPOSED_SHARE
+
+    split_in_lists = ph.listed(split)
 
     if kind is None:
         kinds = list(LISTEN_KINDS)
@@ -103,8 +109,10 @@ def sample_turn(rng: random.Random, scene: Scene | None, split: str = "train", k
         w = rng.choice(WORDS)
         return QA(kind, ph.phrase(kind, split, rng, w=w), f"{w} is spelled {' '.join(w)}", list(w))
     if kind == "greet":
-        answer, phrasings = ph.GREETING_INTENTS[rng.choice(list(ph.GREETING_INTENTS))]
-        return QA(kind, rng.choice(phrasings[split]), answer, answer.split()[:1])
+        intent = rng.choice(list(ph.GREETING_INTENTS))
+        answer, phrasings = ph.GREETING_INTENTS[intent]
+        q = (grammar.greeting(intent, rng) if composed() else rng.choice(phrasings[split_in_lists]))
+        return QA(kind, q, answer, answer.split()[:1])
     if kind in VISION_KINDS:
         shape = scene.shape if scene else rng.choice(SHAPES)
         q = ph.phrase(kind, split, rng, s=shape, ss=shape + "s")
@@ -118,12 +126,19 @@ def sample_turn(rng: random.Random, scene: Scene | None, split: str = "train", k
             return QA(kind, q, f"it is {scene.colour}", [scene.colour], scene)
         return QA(kind, q, f"there are {NUMBERS[scene.count]}", [NUMBERS[scene.count]], scene)
     if kind == "refuse_near":
-        q = rng.choice(ph.NEAR_DOMAIN[split]).format(
-            a=NUMBERS[rng.randint(2, 9)], b=NUMBERS[rng.randint(2, 9)], w=rng.choice(ph.UNSPELLABLE[split]),
-            n=rng.choice(ph.FAR_COUNTS[split]), s=rng.choice(SHAPES))
+        values = dict(a=NUMBERS[rng.randint(2, 9)], b=NUMBERS[rng.randint(2, 9)],
+                      w=rng.choice(ph.UNSPELLABLE[split_in_lists]),
+                      n=rng.choice(ph.FAR_COUNTS[split_in_lists]), s=rng.choice(SHAPES))
+        if composed():  # the frames of its own questions, with what it cannot do in them
+            values["c"] = NUMBERS[rng.randint(2, 9)]
+            near = rng.choices(["near_arith", "spell", "count", "near_scene"], weights=[5, 2, 2, 1])[0]
+            q = grammar.compose(near, rng, **values)
+        else:
+            q = rng.choice(ph.NEAR_DOMAIN[split_in_lists]).format(**values)
         return QA(kind, q, ph.REFUSAL, ["sorry"])
     if kind == "refuse_out":
-        return QA(kind, rng.choice(ph.OUT_OF_DOMAIN[split]), ph.REFUSAL, ["sorry"])
+        q = grammar.out_of_domain(rng) if composed() else rng.choice(ph.OUT_OF_DOMAIN[split_in_lists])
+        return QA(kind, q, ph.REFUSAL, ["sorry"])
     if kind == "passage":
-        return QA(kind, rng.choice(ph.PASSAGES[split]), "", [])
+        return QA(kind, grammar.passage(rng) if composed() else rng.choice(ph.PASSAGES[split_in_lists]), "", [])
     raise ValueError(f"unknown kind {kind}")

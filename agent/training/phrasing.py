@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 
 REFUSAL = "sorry i can not do that"
+COMPOSED_SHARE = 0.5  # training draws taken from the composed grammar rather than the fixed lists below
 NOTHING_SEEN = "i do not see anything"
 
 # {a} {b}: number words; {n}: a number word; {w}: a word; {s}: a shape (singular); {ss}: its plural
@@ -132,7 +133,18 @@ def fill(template: str, rng: random.Random, **values: str) -> str:
 
 
 def phrase(kind: str, split: str, rng: random.Random, **values: str) -> str:
-    return rng.choice(PHRASINGS[kind][split]).format(**values)
+    """Half of the training draws come from the composed grammar (`phrasing_grammar`), hundreds per kind."""
+    if split == "train" and rng.random() < COMPOSED_SHARE:
+        from agent.training.phrasing_grammar import compose
+
+        return compose(kind, rng, **values)
+    return rng.choice(PHRASINGS[kind][listed(split)]).format(**values)
+
+
+def listed(split: str) -> str:
+    """The split "listed" draws the training lists only (no composed phrasings): sets that must stay as they
+    were before the grammar existed, such as the session test set."""
+    return "train" if split == "listed" else split
 
 
 def held_out_phrasings() -> int:
