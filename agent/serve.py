@@ -143,7 +143,7 @@ def build_app(agent: Agent, token: str | None = None, ice_servers: list[str] | N
         for peer in list(state.peers):
             await peer.close()
         for ws in list(state.websockets):
-            await ws.close(code=1001, message=b"server shutting down")
+            await ws.close(1001, "server shutting down")
         await agent.close()
 
     app.router.add_get("/", index)

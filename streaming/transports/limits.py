@@ -34,11 +34,11 @@ def parse_seed(value, name: str = "seed", from_query: bool = False) -> int | Non
     return value
 
 
-def seed_from_query(request) -> int | None:
-    """Moshi clients pass `audio_seed` / `text_seed`; one seed drives both of our streams."""
+def seed_from_query(query) -> int | None:
+    """Moshi clients pass `audio_seed` / `text_seed` (in `query`, a mapping); one seed drives both streams."""
     for name in ("audio_seed", "text_seed"):
-        if name in request.query:
-            return parse_seed(request.query[name], name, from_query=True)
+        if name in query:
+            return parse_seed(query[name], name, from_query=True)
     return None
 
 

@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
+from typing import Protocol
 
 from aiohttp import WSMsgType, web
 
@@ -31,10 +33,33 @@ HANDSHAKE, AUDIO, TEXT, CONTROL, METADATA, ERROR, PING, COLORED, IMAGE = range(9
 MAX_AUDIO_MESSAGE = 64 * 1024  # ~12 s of Opus: a client flushing what it held back, never more
 
 
+class MessageSocket(Protocol):
+    """What a Moshi conversation needs of a WebSocket, whichever server holds it (aiohttp for `duplex serve`,
+    Starlette inside a Ray Serve replica for `duplex serve --ray`)."""
+
+    peer: str
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def send_bytes(self, data: bytes) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+    def messages(self) -> AsyncIterator[bytes | str]:
+        """Binary messages as bytes, text ones as str; ends when the client closes; a protocol violation
+        raises `ProtocolViolation`."""
+        ...
+
+
+class ProtocolViolation(Exception):
+    """The client broke the WebSocket protocol: logged, then the conversation ends."""
+
+
 async def handle_chat(request: web.Request) -> web.StreamResponse:
     server = request.app[SERVER]
     try:
-        seed = seed_from_query(request)
+        seed = seed_from_query(request.query)
     except BadRequest as exc:
         return web.json_response({"error": str(exc)}, status=400)
     ip = request.remote or "?"
@@ -43,34 +68,60 @@ async def handle_chat(request: web.Request) -> web.StreamResponse:
     except TooManyConnections as exc:
         return web.json_response({"error": str(exc)}, status=429)
     try:
-        return await _converse(request, server, seed)
+        ws = web.WebSocketResponse(max_msg_size=server.limits.max_message_bytes, heartbeat=30)
+        try:
+            await ws.prepare(request)
+        except ConnectionError:
+            log.info("%s left during the WebSocket upgrade", ip)
+            return ws
+        await converse(_AiohttpSocket(ws, ip), server, seed)
+        return ws
     finally:
         server.connections.release(ip)
 
 
-async def _send(ws: web.WebSocketResponse, kind: int, payload: bytes = b"") -> None:
+class _AiohttpSocket:
+    def __init__(self, ws: web.WebSocketResponse, peer: str):
+        self.ws, self.peer = ws, peer
+
+    @property
+    def closed(self) -> bool:
+        return self.ws.closed
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self.ws.send_bytes(data)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self.ws.close(code=code, message=reason.encode()[:120])
+
+    async def messages(self) -> AsyncIterator[bytes | str]:
+        async for msg in self.ws:
+            if msg.type == WSMsgType.BINARY:
+                yield msg.data
+            elif msg.type == WSMsgType.TEXT:
+                yield msg.data
+            elif msg.type == WSMsgType.ERROR:
+                raise ProtocolViolation(str(self.ws.exception()))
+
+
+async def _send(ws: MessageSocket, kind: int, payload: bytes = b"") -> None:
     """Send unless the socket is gone (a vanished client is noticed by the receive loop)."""
     if not ws.closed:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await ws.send_bytes(bytes([kind]) + payload)
 
 
-async def _converse(request: web.Request, server, seed: int | None) -> web.StreamResponse:
+async def converse(ws: MessageSocket, server, seed: int | None) -> None:
+    """One conversation over an open WebSocket; `server` holds the agent, the limits and the open sockets."""
     limits = server.limits
-    ws = web.WebSocketResponse(max_msg_size=limits.max_message_bytes, heartbeat=30)
-    try:
-        await ws.prepare(request)
-    except ConnectionError:
-        log.info("%s left during the WebSocket upgrade", request.remote)
-        return ws
     session = server.agent.session(seed=seed)
     server.websockets.add(ws)
     sender: asyncio.Task | None = None
 
     async def expire(reason: str) -> None:
-        log.info("closing %s's session: %s", request.remote, reason)
+        log.info("closing %s's session: %s", ws.peer, reason)
         await _send(ws, ERROR, f"closing: {reason}".encode())
-        await ws.close(code=1000, message=reason.encode()[:120])
+        await ws.close(1000, reason)
 
     watchdog = Watchdog(limits.handshake_timeout_s, limits.idle_timeout_s, expire)
     try:
@@ -78,23 +129,22 @@ async def _converse(request: web.Request, server, seed: int | None) -> web.Strea
             await session.open()
         except SessionLimitError as exc:
             await _send(ws, ERROR, f"server full: {exc}".encode())
-            await ws.close(code=1013, message=b"server full, try again later")
-            return ws
+            await ws.close(1013, "server full, try again later")
+            return
         await _send(ws, HANDSHAKE, b"\x00\x00")
         sender = asyncio.create_task(_send_loop(ws, session))
         watchdog.start()
         inbound = _Inbound(ws, session, watchdog, RateLimiter(limits.max_messages_per_s))
-        async for msg in ws:
-            if msg.type == WSMsgType.BINARY:
-                await inbound.on_message(msg.data)
-            elif msg.type == WSMsgType.TEXT:
+        async for data in ws.messages():
+            if isinstance(data, bytes):
+                await inbound.on_message(data)
+            else:
                 await _send(ws, ERROR, b"binary messages expected (first byte = kind)")
-            elif msg.type == WSMsgType.ERROR:
-                log.info("%s broke the WebSocket protocol: %s", request.remote, ws.exception())
-                break
+    except ProtocolViolation as exc:
+        log.info("%s broke the WebSocket protocol: %s", ws.peer, exc)
     except ConnectionError:
-        log.info("%s reset the connection", request.remote)
-    finally:  # also when cancelled (aiohttp cancels the handler of a connection that is lost)
+        log.info("%s reset the connection", ws.peer)
+    finally:  # also when cancelled (the server cancels the handler of a connection that is lost)
         watchdog.stop()
         server.websockets.discard(ws)
         if sender is not None:
@@ -103,13 +153,12 @@ async def _converse(request: web.Request, server, seed: int | None) -> web.Strea
         if not ws.closed:
             with contextlib.suppress(Exception):
                 await ws.close()
-    return ws
 
 
 class _Inbound:
     """One connection's incoming messages: audio through the damage-tolerant reader, rate-limited."""
 
-    def __init__(self, ws: web.WebSocketResponse, session, watchdog: Watchdog, rate: RateLimiter):
+    def __init__(self, ws: MessageSocket, session, watchdog: Watchdog, rate: RateLimiter):
         self.ws, self.session, self.watchdog, self.rate = ws, session, watchdog, rate
         self.reader = OggOpusReader(SAMPLE_RATE)
         self.damage_reported = False
@@ -160,7 +209,7 @@ class _Inbound:
             await self.session.send_audio(pcm, sample_rate=SAMPLE_RATE)
 
 
-async def _send_loop(ws: web.WebSocketResponse, session) -> None:
+async def _send_loop(ws: MessageSocket, session) -> None:
     import sphn
 
     writer = sphn.OpusStreamWriter(SAMPLE_RATE)
