@@ -46,10 +46,10 @@ class ServerState:
         self.connections = ConnectionCounter(self.limits.max_connections_per_ip)
 
 
-def _credentials(request: web.Request) -> list[str | None]:
-    bearer = request.headers.get("Authorization", "")
-    return [request.query.get("token"), request.query.get("worker_auth_id"),
-            bearer[7:] if bearer.startswith("Bearer ") else None]
+def credentials(query, headers) -> list[str | None]:
+    """Every token a request offers (`?token=`, Moshi's `?worker_auth_id=`, `Authorization: Bearer`)."""
+    bearer = headers.get("Authorization", "")
+    return [query.get("token"), query.get("worker_auth_id"), bearer[7:] if bearer.startswith("Bearer ") else None]
 
 
 TOKEN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
@@ -78,7 +78,7 @@ def _middlewares(state: ServerState):
             if wait > 0:
                 return web.json_response({"error": f"too many wrong tokens; retry in {wait:.0f} s"}, status=429,
                                          headers={"Retry-After": str(max(1, round(wait)))})
-            offered = _credentials(request)
+            offered = credentials(request.query, request.headers)
             if not state.auth.check(ip, offered):
                 log.info("wrong or missing token from %s for %s", ip, request.path)
                 if request.path == "/":  # a person at the page: say what is wrong, in the page's own words
@@ -177,6 +177,11 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token-file", type=Path, help="read the token from this file (first line)")
     p.add_argument("--ice-server", action="append", default=[],
                    help="STUN/TURN URL for WebRTC (repeatable; none by default: LAN/loopback only)")
+    p.add_argument("--pace", choices=["realtime", "input"], default="realtime",
+                   help="realtime (default): a frame every 80 ms, late input is played as silence; input: a "
+                        "step as soon as every session's next frame has arrived - nothing dropped whatever the "
+                        "load, so runs are reproducible (evaluation and tests; one stalled client holds up its "
+                        "engine)")
     p.add_argument("--jitter-prefetch", type=int, default=1,
                    help="20 ms packets to buffer before playing incoming WebRTC audio (aiortc's own default 4 "
                         "adds 80 ms; raise it on lossy networks; default 1)")
@@ -195,6 +200,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-failed-auth", type=int, default=d.max_failed_auth, metavar="N",
                    help=f"wrong tokens per address per minute before it must wait (default {d.max_failed_auth})")
     add_model_args(p)
+    from agent.cluster.run import add_arguments
+
+    add_arguments(p)
     p.set_defaults(handler=_serve)
 
 
@@ -233,8 +241,19 @@ def _serve(args) -> int:
         raise UserFacingError(str(exc)) from exc
     from agent.run_cli import agent_config
 
+    if args.ray:
+        from agent.cluster.run import serve_cluster
+
+        if args.devices:
+            raise UserFacingError("--devices is for one process; with --ray each replica holds its own device "
+                                  "(--gpus-per-replica)")
+        try:
+            return serve_cluster(args, agent_config(args, realtime=args.pace == "realtime"), token, limits)
+        except (ImportError, ValueError) as exc:
+            raise UserFacingError(str(exc)) from exc
     devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
-    agent = Agent.from_pretrained(args.model, agent_config(args, max_sessions=args.max_sessions, devices=devices))
+    agent = Agent.from_pretrained(args.model, agent_config(args, max_sessions=args.max_sessions, devices=devices,
+                                                             realtime=args.pace == "realtime"))
     app = build_app(agent, token=token, ice_servers=args.ice_server, jitter_prefetch=args.jitter_prefetch,
                     limits=limits)
     query = "?token=..." if token else ""

@@ -116,6 +116,11 @@ class Engine:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="duplex-engine")
 
+    @property
+    def alive(self) -> bool:
+        """The frame loop is running (False before start, after stop, or when it died)."""
+        return self._task is not None and not self._task.done()
+
     async def stop(self) -> None:
         self._stopping = True
         if self._task is not None:

@@ -223,21 +223,26 @@ def parse_offer(params) -> tuple[str, int | None]:
     return sdp, parse_seed(params.get("seed"))
 
 
-def _bad(message: str, status: int = 400) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def _bad(message: str, status: int = 400) -> tuple[int, dict]:
+    return status, {"error": message}
 
 
 async def handle_offer(request: web.Request) -> web.StreamResponse:
+    status, body = await answer_offer(request.app[SERVER], await request.read(), request.remote or "?")
+    return web.json_response(body, status=status)
+
+
+async def answer_offer(server, body: bytes, ip: str) -> tuple[int, dict]:
+    """An SDP offer -> (HTTP status, JSON body): the answer, or the reason for refusing (400 bad offer, 429 too
+    many connections, 503 full). Any HTTP server's handler calls this (aiohttp, Starlette in a Ray replica)."""
     from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
-    server = request.app[SERVER]
     try:
-        params = json.loads(await request.read())
+        params = json.loads(body)
         sdp, seed = parse_offer(params)
     except (ValueError, UnicodeDecodeError) as exc:  # BadRequest and JSONDecodeError are ValueErrors
-        log.info("bad offer from %s: %s", request.remote, exc)
+        log.info("bad offer from %s: %s", ip, exc)
         return _bad(f"bad offer: {exc}")
-    ip = request.remote or "?"
     try:
         server.connections.acquire(ip)
     except TooManyConnections as exc:
@@ -290,4 +295,4 @@ async def handle_offer(request: web.Request) -> web.StreamResponse:
         raise
     peer.watchdog.start()  # ICE + DTLS + first audio within the handshake deadline, then audio keeps coming
     peer.spawn(peer.forward_events())
-    return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
+    return 200, {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
