@@ -43,9 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     from agent import lm_cli
 
     lm_cli.add_bench(bench_sub)
-    from agent.benchmarks import aec, listening, soak, training
+    from agent.benchmarks import aec, cluster, listening, soak, training
 
     soak.add_bench(bench_sub)
+    cluster.add_bench(bench_sub)
     listening.add_bench(bench_sub)
     aec.add_bench(bench_sub)
     training.add_bench(bench_sub)
