@@ -38,3 +38,11 @@ class AgentConfig:
             raise ValueError("max_input_ms must be at least one frame (80 ms)")
         if self.max_events < 8:
             raise ValueError("max_events must be >= 8")
+
+
+def config_from_args(args, **fields) -> AgentConfig:
+    """AgentConfig from parsed command-line arguments (`device`, and `backend`, `onnx_dir`, `onnx_quantize` where
+    the command has them) plus command-specific fields: what `duplex run/serve/chat/bench` share."""
+    shared = dict(device=args.device, backend=getattr(args, "backend", "torch"),
+                  onnx_dir=getattr(args, "onnx_dir", None), onnx_quantize=getattr(args, "onnx_quantize", None))
+    return AgentConfig(**{**shared, **fields})

@@ -33,3 +33,8 @@ class InvalidImageError(DuplexError, ValueError):
 
 class UnsupportedError(DuplexError):
     """The loaded model lacks a capability (e.g. vision)."""
+
+
+class UserFacingError(Exception):
+    """A problem the user can fix (a bad flag, a missing file, an extra to install): the command line prints it
+    without a traceback. Here, not in the CLI package, so every command module can raise it."""

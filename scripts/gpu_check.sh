@@ -18,5 +18,5 @@ python3 -c "import torch, triton; print(torch.__version__, triton.__version__, t
   2>&1 | tee "$out/device.log"
 timeout 150 python3 -m pytest -q -x tests/test_kernels.py tests/test_cuda_graph.py tests/test_frame_graphs.py \
   2>&1 | tee "$out/tests.log" | tail -15
-timeout 300 python3 -m agent.cli bench gpu 2>&1 | tee "$out/bench_gpu.log"
-timeout 120 python3 -m agent.benchmarks.gpu_profile 2>&1 | tee "$out/profile.log" | tail -40
+timeout 300 python3 -m cli bench gpu 2>&1 | tee "$out/bench_gpu.log"
+timeout 120 python3 -m benchmarks.gpu_profile 2>&1 | tee "$out/profile.log" | tail -40

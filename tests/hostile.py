@@ -12,8 +12,8 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 
 from agent import Agent, AgentConfig
-from agent.serve import build_app
-from streaming.transports.limits import ServerLimits
+from frontends.server import build_app
+from frontends.transports.limits import ServerLimits
 
 
 async def start_server(bundle, max_sessions: int = 4, token: str | None = None, **limits) -> TestServer:

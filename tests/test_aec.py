@@ -21,7 +21,7 @@ def shipped():
 
 def test_canceller_removes_a_room_echo_of_real_speech():
     from agent.aec import EchoCanceller, erle_db
-    from agent.benchmarks.aec import Room
+    from benchmarks.aec import Room
     from tests.conftest import real_speech_24k
 
     far = real_speech_24k(10.0)[0, 0].numpy()
@@ -40,7 +40,7 @@ def test_canceller_removes_a_room_echo_of_real_speech():
 def test_with_aec_the_model_answers_the_user_not_its_own_voice(shipped):
     """The same scene twice: without AEC the model takes its own voice for a barge-in and stops after a word or
     two (the problem); with AEC it finishes the answer and says nothing more."""
-    from agent.benchmarks.aec import Room, erle_after, run_room, scene, self_interruptions
+    from benchmarks.aec import Room, erle_after, run_room, scene, self_interruptions
 
     user, end = scene("what is two plus three")
     room = Room(delay_s=0.12, echo_gain=0.2)
@@ -72,9 +72,9 @@ def test_terminal_audio_cancels_what_it_plays_from_what_it_records(monkeypatch):
     is replaced by one that runs the same callback on a room simulation."""
     sd = pytest.importorskip("sounddevice")
     from agent.aec import erle_db
-    from agent.benchmarks.aec import Room
+    from benchmarks.aec import Room
+    from frontends.tui.audio_io import BLOCK, SoundDeviceIO
     from tests.conftest import real_speech_24k
-    from tui.audio_io import BLOCK, SoundDeviceIO
 
     streams = []
 

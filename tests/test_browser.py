@@ -17,7 +17,7 @@ async def page_reports(app, url: str, profile, *media: str, polls: int = 300) ->
     flags) and return the page's client reports once one arrives (or after `polls` x 0.1 s)."""
     from aiohttp.test_utils import TestServer
 
-    from streaming.transports.keys import SERVER
+    from frontends.transports.keys import SERVER
 
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
@@ -42,7 +42,7 @@ async def page_reports(app, url: str, profile, *media: str, polls: int = 300) ->
 def test_browser_page_connects_and_exchanges_audio_video_text(tmp_path):
     from agent import Agent, AgentConfig
     from agent.audio import write_wav
-    from agent.serve import build_app
+    from frontends.server import build_app
 
     t = np.arange(48000 * 4) / 48000
     write_wav(tmp_path / "mic.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 48000)
@@ -71,7 +71,7 @@ def test_browser_camera_reaches_the_model(tmp_path):
     (how many it counts is the quality benchmark's business)."""
     from agent import Agent, AgentConfig
     from agent.audio import write_wav
-    from agent.serve import build_app
+    from frontends.server import build_app
     from tests.media import scene, spoken, to_48k, write_y4m
 
     write_wav(tmp_path / "mic.wav", to_48k(spoken("what do you see", lead_s=1.0, tail_s=8.0)), 48000)

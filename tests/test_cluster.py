@@ -22,7 +22,7 @@ aiohttp = pytest.importorskip("aiohttp")
 pytest.importorskip("sphn")
 
 from agent.audio import load_audio  # noqa: E402
-from agent.benchmarks.moshi_client import Conversation, converse  # noqa: E402
+from benchmarks.moshi_client import Conversation, converse  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -98,7 +98,7 @@ def _plain_serve(question: np.ndarray, seed: int):
     from aiohttp.test_utils import TestServer
 
     from agent import Agent, AgentConfig
-    from agent.serve import build_app
+    from frontends.server import build_app
 
     async def main():
         agent = Agent.from_pretrained("default", AgentConfig(max_sessions=2, realtime=False, device="cpu"))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from agent.audio import load_audio, write_wav
-from agent.cli import main
+from cli.main import main
 from models.codec import Codec, CodecConfig, save_codec
 
 
@@ -76,6 +76,6 @@ def test_decode_rejects_non_codes_file(tmp_path, weights, capsys):
 
 
 def test_help_runs():
-    out = subprocess.run([sys.executable, "-m", "agent.cli", "codec", "encode", "--help"],
+    out = subprocess.run([sys.executable, "-m", "cli", "codec", "encode", "--help"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and "--weights" in out.stdout

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from agent.benchmarks.reference import import_reference, reference_mimi
+from benchmarks.reference import import_reference, reference_mimi
 from models.codec import Codec, CodecConfig, load_mimi_state_dict
 
 loaders = import_reference()

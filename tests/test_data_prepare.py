@@ -139,7 +139,7 @@ def test_cli_reports_and_lora_finetune_of_the_default_model_runs(prepared, tmp_p
     env.pop("TRITON_INTERPRET", None)
 
     def duplex(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "agent.cli", *args], cwd=tmp_path, env=env, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "cli", *args], cwd=tmp_path, env=env, capture_output=True,
                               text=True, timeout=300)
 
     p = duplex("data", "prepare", str(src), "--out", str(out), "--lowercase")
@@ -187,7 +187,7 @@ def test_lora_finetune_of_a_kyutai_release_folder(prepared, tmp_path):
     (release / "config.json").write_text(json.dumps({k: v for k, v in cfg.__dict__.items() if k != "mamba"}))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("TRITON_INTERPRET", None)
-    p = subprocess.run([sys.executable, "-m", "agent.cli", "train", "lm", "--data", str(out), "--init", str(release),
+    p = subprocess.run([sys.executable, "-m", "cli", "train", "lm", "--data", str(out), "--init", str(release),
                         "--lora", "2", "--aux-weight", "0", "--run", "run", "--steps", "2", "--batch", "2",
                         "--frames", "24", "--export", "tuned"], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=300)
@@ -198,7 +198,7 @@ def test_lora_finetune_of_a_kyutai_release_folder(prepared, tmp_path):
     assert tuned.lm.cfg == base.lm.cfg and tuned.codec.num_codebooks == base.codec.num_codebooks
     changed = [k for k, v in tuned.lm.state_dict().items() if not torch.equal(v, base.lm.state_dict()[k])]
     assert changed and all(k.startswith("transformer.layers.") for k in changed)  # only adapted matrices moved
-    p = subprocess.run([sys.executable, "-m", "agent.cli", "run", "--model", "tuned", "--input",
+    p = subprocess.run([sys.executable, "-m", "cli", "run", "--model", "tuned", "--input",
                         str(prepared[0] / "weather.wav"), "--output", "r.wav"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]

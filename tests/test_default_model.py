@@ -21,9 +21,9 @@ def test_shipped_model_loads_and_is_small():
 
 @pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed (scripts/setup.sh installs it)")
 def test_listens_then_answers_a_voice_it_never_heard():
-    from agent.benchmarks.quality import run_dialogues, score
     from agent.training.synth import make_dialogue
     from agent.training.tts import HELD_OUT_VOICE, CachedTTS
+    from benchmarks.quality import run_dialogues, score
 
     tts, rng = CachedTTS(), random.Random(1234)
     dialogues = []
@@ -44,8 +44,8 @@ def test_listens_then_answers_a_voice_it_never_heard():
 def test_answers_fixed_colour_questions_from_the_camera_view():
     """Fixed spoken questions in the held-out voice, each with a different scene on camera: the text stream must
     name the colour actually shown (it has to hear which question was asked and look at the image)."""
-    from agent.benchmarks.quality import run_dialogues
     from agent.training.tts import HELD_OUT_VOICE, CachedTTS
+    from benchmarks.quality import run_dialogues
     from models.codec import FRAME_SIZE, SAMPLE_RATE
 
     tts = CachedTTS()
@@ -68,9 +68,9 @@ def test_declines_an_unrelated_request_and_answers_reworded_questions():
     """Seeded, in the held-out voice: a request outside its domain (in no training or test list) gets a refusal or
     silence, never an invented sum or spelling; questions phrased as people say them are answered exactly. (How
     often this holds across many requests and phrasings: `duplex bench listening`, docs/benchmarks.md.)"""
-    from agent.benchmarks.quality import run_dialogues
     from agent.training.phrasing import REFUSAL
     from agent.training.tts import HELD_OUT_VOICE, CachedTTS
+    from benchmarks.quality import run_dialogues
     from models.codec import FRAME_SIZE, SAMPLE_RATE
 
     tts = CachedTTS()

@@ -35,10 +35,10 @@ def train(run: Path, data: Path, steps: int, procs: int = 1, *extra: str) -> str
     args = ["train", "lm", "--data", str(data), "--codec", str(CODEC), "--run-dir", str(run), "--steps", str(steps),
             "--batch", "4", "--frames", "16", "--save-every", "2", "--threads", "1", *extra]
     if procs == 1:
-        cmd = [sys.executable, "-m", "agent.cli", *args]
+        cmd = [sys.executable, "-m", "cli", *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr",
-               "127.0.0.1", "--master-port", str(_free_port()), "-m", "agent.cli", *args]
+               "127.0.0.1", "--master-port", str(_free_port()), "-m", "cli", *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
@@ -59,7 +59,7 @@ def assert_same_weights(a: Path, b: Path, tol: float = 2e-5) -> None:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist") / "synth"
-    proc = subprocess.run([sys.executable, "-m", "agent.cli", "data", "synth", "--out", str(out), "--count", "12",
+    proc = subprocess.run([sys.executable, "-m", "cli", "data", "synth", "--out", str(out), "--count", "12",
                            "--seed", "5"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out

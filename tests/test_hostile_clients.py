@@ -186,7 +186,7 @@ def test_reset_mid_request_logs_one_line_not_a_traceback(bundle, caplog):
 
 
 def test_token_guards_everything_but_liveness_and_slows_guessing(bundle, tmp_path, monkeypatch):
-    from agent.serve import resolve_token
+    from cli.serve import resolve_token
 
     async def main():
         server = await start_server(bundle, token="right", max_failed_auth=5)
@@ -318,7 +318,7 @@ def test_huge_image_refused_at_its_header_while_others_stream_at_pace(bundle):
 def test_connect_disconnect_cycles_keep_nothing(bundle):
     """Thousands of sessions come and go in a server's life: none may leave memory or a descriptor behind."""
     from agent.session import Session
-    from streaming.transports.keys import SERVER
+    from frontends.transports.keys import SERVER
 
     alive: list[weakref.ref] = []
     original_init = Session.__init__
@@ -386,8 +386,8 @@ def test_webrtc_connect_disconnect_cycles_keep_nothing(bundle):
     from aiortc import RTCPeerConnection, RTCSessionDescription
 
     from agent.session import Session
-    from streaming.transports.keys import SERVER
-    from streaming.transports.webrtc import PeerSession
+    from frontends.transports.keys import SERVER
+    from frontends.transports.webrtc import PeerSession
     from tests.media import audio_track
 
     alive: list[weakref.ref] = []
@@ -449,7 +449,7 @@ def test_server_shutdown_frees_every_session(bundle):
     """Sessions still connected when the server stops are closed with it (WebSocket and WebRTC)."""
     from aiortc import RTCPeerConnection, RTCSessionDescription
 
-    from streaming.transports.keys import SERVER
+    from frontends.transports.keys import SERVER
     from tests.media import audio_track
 
     async def main():

@@ -121,7 +121,7 @@ def test_convert_cli_writes_a_folder_that_duplex_run_loads(tmp_path, capsys):
     import numpy as np
 
     from agent.audio import write_wav
-    from agent.cli import main
+    from cli.main import main
     from models.lm import load_lm
 
     src = tmp_path / "attention"
@@ -148,11 +148,11 @@ def test_conversion_then_short_distillation_lowers_held_out_kl(tmp_path):
     from the teacher on held-out dialogues drops."""
     import random
 
-    from agent.cli import main
     from agent.training.distill import distill_loss
     from agent.training.lm_data import load_or_encode
     from agent.training.lm_train import Batcher
     from agent.training.synth import synth_dataset
+    from cli.main import main
     from models.codec import load_codec
     from models.lm import load_lm
     from models.lm.tokenizer import TextTokenizer

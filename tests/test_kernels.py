@@ -265,7 +265,7 @@ def test_gpu_path_launches_six_kernels_per_attention_layer():
     dispatcher with the fused GEMVs chosen (as on CPU): every attention is our two kernels (no SDPA, rotary,
     scatter or mask ops left), the norms and gatings ride in the GEMVs, and the step launches at most 15% of
     what the PyTorch path does."""
-    from agent.benchmarks.launches import count_launches
+    from benchmarks.launches import count_launches
 
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("counts on CPU tensors, through Triton's interpreter")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from agent.benchmarks.reference import import_reference, reference_mimi
+from benchmarks.reference import import_reference, reference_mimi
 from models.lm import LMConfig, LMGenerator, LMModel, SamplingConfig, load_lm_state_dict
 
 loaders = import_reference()

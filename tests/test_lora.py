@@ -121,7 +121,7 @@ def test_batch_rows_slice_the_global_batch():
 
 def test_lora_step_figures_run_on_a_tiny_config():
     """`duplex bench train --moshi-7b`'s step (CUDA only) on a tiny config, so that its code is exercised here."""
-    from agent.benchmarks.training import lora_step_figures
+    from benchmarks.training import lora_step_figures
 
     r = lora_step_figures(LMConfig.tiny("MA"), torch.device("cpu"), torch.float32, frames=8, rank=2, steps=2)
     assert r["tokens_per_s"] > 0 and r["adapter_params_m"] > 0

@@ -156,7 +156,7 @@ def test_backend_through_the_library_and_duplex_run(bundle, cached_default, tmp_
     got = asyncio.run(answer("onnx"))
     assert got == asyncio.run(answer("torch")) and "three red circles" in got
     env = {"XDG_CACHE_HOME": str(cache), "PATH": "/usr/bin:/bin"}
-    p = subprocess.run([sys.executable, "-m", "agent.cli", "run", "--backend", "onnx", "--input", str(question),
+    p = subprocess.run([sys.executable, "-m", "cli", "run", "--backend", "onnx", "--input", str(question),
                         "--image", str(image), "--output", str(tmp_path / "r.wav"), "--text", str(tmp_path / "r.txt"),
                         "--quiet"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
@@ -183,7 +183,7 @@ def test_clear_errors(bundle, default_greedy, tmp_path):
         OnnxSlotPool(newer, 1)
     with pytest.raises(OnnxBackendError, match="duplex export onnx"):
         OnnxSlotPool(tmp_path, 1)
-    p = subprocess.run([sys.executable, "-m", "agent.cli", "run", "--backend", "onnx", "--onnx-dir", str(tmp_path),
+    p = subprocess.run([sys.executable, "-m", "cli", "run", "--backend", "onnx", "--onnx-dir", str(tmp_path),
                         "--input", str(ROOT / "agent" / "examples" / "what_do_you_see.wav"), "--output",
                         str(tmp_path / "r.wav")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 1 and "holds no exported graphs" in p.stderr and "Traceback" not in p.stderr

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer  # noqa: E402
 from agent import Agent, AgentConfig  # noqa: E402
 from agent.bundle import load_bundle  # noqa: E402
 from agent.registry import resolve  # noqa: E402
-from agent.serve import build_app  # noqa: E402
+from frontends.server import build_app  # noqa: E402
 
 QUESTION = Path(__file__).resolve().parents[1] / "agent" / "examples" / "what_do_you_see.wav"
 
@@ -86,8 +86,8 @@ def test_terminal_chat_on_the_onnx_backend(bundle, onnx_cache, monkeypatch, tmp_
     from test_tui import _transcript
 
     from agent.audio import load_audio
-    from tui.app import ChatApp
-    from tui.audio_io import FileIO
+    from frontends.tui.app import ChatApp
+    from frontends.tui.audio_io import FileIO
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(onnx_cache[0]))
     samples = np.concatenate([load_audio(QUESTION).samples, np.zeros(24000 * 3, np.float32)])

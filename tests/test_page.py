@@ -22,7 +22,7 @@ ERROR = "document.getElementById('error').textContent"
 async def _server(agent, **kw):
     from aiohttp.test_utils import TestServer
 
-    from agent.serve import build_app
+    from frontends.server import build_app
 
     server = TestServer(build_app(agent, **kw), host="127.0.0.1")
     await server.start_server()

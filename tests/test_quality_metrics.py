@@ -1,6 +1,6 @@
 """The quality bench's scoring: WER normalization and word edits, without whisper."""
 
-from agent.benchmarks.quality import _spoken_words, word_error_rate
+from benchmarks.quality import _spoken_words, word_error_rate
 
 
 def test_spoken_words_normalize_digits_and_goodbye():

@@ -10,8 +10,8 @@ import torch
 from agent import registry
 from agent.audio import write_wav
 from agent.bundle import describe_folder, load_bundle
-from agent.cli import main
 from agent.errors import ModelNotFoundError
+from cli.main import main
 
 
 @pytest.fixture()

@@ -14,7 +14,7 @@ pytest.importorskip("aiortc")
 from aiohttp.test_utils import TestServer  # noqa: E402
 
 from agent import Agent, AgentConfig  # noqa: E402
-from agent.serve import build_app  # noqa: E402
+from frontends.server import build_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,7 @@ def test_abrupt_disconnect_does_not_harm_the_server(bundle):
 
 
 def test_outbound_track_is_bounded_and_paced():
-    from streaming.transports.webrtc import OUT_RATE, OutboundAudio
+    from frontends.transports.webrtc import OUT_RATE, OutboundAudio
 
     async def main():
         track = OutboundAudio(max_s=0.4)

@@ -10,8 +10,8 @@ pytest.importorskip("textual")
 from agent import Agent, AgentConfig  # noqa: E402
 from agent.bundle import load_bundle  # noqa: E402
 from agent.registry import resolve  # noqa: E402
-from tui.app import ChatApp  # noqa: E402
-from tui.audio_io import FileIO, _OutputRing  # noqa: E402
+from frontends.tui.app import ChatApp  # noqa: E402
+from frontends.tui.audio_io import FileIO, _OutputRing  # noqa: E402
 
 
 def test_chat_app_transcript_meters_mute_and_quit(tmp_path):
@@ -71,8 +71,8 @@ def _scene_video(path, seconds: float = 4.0, fps: int = 10):
 def test_chat_with_a_video_file_as_live_camera(tmp_path):
     """`duplex chat --camera FILE`: the looped video reaches the session at the configured sampling rate, the
     preview shows it, and the model answers "what do you see" about it."""
+    from frontends.tui.camera import CameraSource
     from tests.media import spoken
-    from tui.camera import CameraSource
 
     bundle = load_bundle(resolve("default"), device="cpu")
     camera = CameraSource(str(_scene_video(tmp_path / "camera.avi")))
@@ -109,7 +109,7 @@ def _transcript(app) -> str:
 
 
 def test_camera_errors_are_clear(tmp_path):
-    from tui.camera import CameraError, CameraSource
+    from frontends.tui.camera import CameraError, CameraSource
 
     with pytest.raises(CameraError, match="video file not found"):
         CameraSource(str(tmp_path / "missing.mp4"))

@@ -127,7 +127,7 @@ def run(args) -> int:
         try:
             codec.load_state_dict(ckpt["codec"])
         except RuntimeError as exc:
-            from agent.cli import UserFacingError
+            from agent.errors import UserFacingError
 
             raise UserFacingError(f"{ckpt_path} holds a codec of another size (--filters): use the flags it was "
                                   f"started with, or another --run\n{str(exc)[:300]}") from exc

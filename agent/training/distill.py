@@ -107,7 +107,7 @@ def converted_layers(teacher_cfg, student_cfg) -> list[int]:
 
 def run(args) -> int:
     from agent.bundle import MANIFEST
-    from agent.cli import UserFacingError
+    from agent.errors import UserFacingError
     from agent.registry import resolve
     from agent.training.lm_data import load_or_encode
     from agent.training.lm_train import Batcher

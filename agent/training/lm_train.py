@@ -314,7 +314,7 @@ def load_matching(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> lis
 
 
 def _fail(message: str):
-    from agent.cli import UserFacingError
+    from agent.errors import UserFacingError
 
     raise UserFacingError(message)
 

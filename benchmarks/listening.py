@@ -1,0 +1,204 @@
+"""Does the model listen? Test sets of natural rewordings, requests it must refuse, vision questions with no
+image, real recordings not meant for it, and long sessions of many questions; scored turn by turn.
+
+Two kinds of set, never mixed up:
+- **test** sets use the held-out phrasings of `agent.training.phrasing` and the held-out voice, and are
+  reported once per shipped model; no training run or checkpoint choice ever reads them.
+- the **selection** set uses training phrasings (other draws, the held-out voice): it is what a training round
+  may look at to choose between checkpoints.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.codec import FRAME_SIZE as FRAME
+from models.codec import SAMPLE_RATE as RATE
+
+IN_DOMAIN = ["add", "sub", "count", "spell", "greet", "see", "colour", "howmany"]
+SPEECH_DIRS = [Path("/usr/share/pocketsphinx/test/data/librivox"), Path("/usr/share/asterisk/sounds/en")]
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z']+", text.lower())
+
+
+@dataclass
+class SetSpec:
+    name: str
+    split: str  # phrasings: "held_out" (test sets), "train" (selection set) or "listed" (training lists only)
+    count: int
+    kinds: list[str]
+    scene_p: float
+    turns: int = 1
+    goal: str = ""
+
+
+TEST_SETS = [
+    SetSpec("rewordings", "held_out", 160, IN_DOMAIN, 0.5, goal=">= 85% exact"),
+    SetSpec("near_domain", "held_out", 60, ["refuse_near"], 0.5, goal=">= 90% refused"),
+    SetSpec("out_of_domain", "held_out", 60, ["refuse_out", "passage"], 0.5, goal="<= 5% invented answers"),
+    SetSpec("no_image", "held_out", 30, ["see", "colour", "howmany"], 0.0, goal="'nothing' or refusal"),
+    SetSpec("session", "listed", 6, IN_DOMAIN, 0.6, turns=12, goal="questions 10-12 within 3 points of the 1st"),
+]
+SELECTION_SETS = [SetSpec("selection", "train", 120, IN_DOMAIN + ["refuse_near", "refuse_out", "passage"], 0.6)]
+
+
+def build_set(spec: SetSpec, seed: int, voices=None) -> list[dict]:
+    """Deterministic dialogues of one set (seeded); `voices` default to the held-out voice."""
+    from agent.training.synth import make_session
+    from agent.training.tts import HELD_OUT_VOICE, CachedTTS
+
+    rng, tts = random.Random(seed), CachedTTS()
+    out = []
+    for _ in range(spec.count):
+        kinds = [rng.choice(spec.kinds) for _ in range(spec.turns)]
+        d = make_session(rng, tts, voices or [HELD_OUT_VOICE], spec.split, scene_p=spec.scene_p, kinds=kinds)
+        if spec.name == "session":  # long sessions: questions minutes apart are still answered
+            d = _spread(d, rng)
+        d["user"] = (np.clip(d["user"], -1, 1) * 32767).astype(np.int16)
+        d["set"] = spec.name
+        out.append(d)
+    return out
+
+
+def _spread(d: dict, rng: random.Random) -> dict:
+    """Stretch some gaps between a session's turns to many seconds of (noisy) silence."""
+    user, turns = d["user"], d["turns"]
+    pieces, shift, last = [], 0, 0
+    for t in turns[1:]:
+        cut = t["user_start"] - int(0.2 * RATE)
+        pieces.append(user[last:cut])
+        if rng.random() < 0.3:
+            extra = int(rng.uniform(5, 20) * RATE)
+            pieces.append(np.random.default_rng(rng.randrange(1 << 30)).normal(0, 0.002, extra).astype(np.float32))
+            shift += extra
+        last = cut
+        t["user_start"] += shift
+        t["user_end"] += shift
+    pieces.append(user[last:])
+    d["user"] = np.concatenate(pieces)
+    return d
+
+
+def real_recordings(limit: int = 40) -> list[dict]:
+    """Real human speech that packages ship (never used in training): each must get a refusal or silence."""
+    from agent.audio import load_audio
+
+    out = []
+    for folder in SPEECH_DIRS:
+        for f in sorted(folder.glob("*.wav"))[:limit]:
+            x = load_audio(f).samples[: 12 * RATE]
+            if x.size < RATE // 2:
+                continue
+            user = np.concatenate([np.zeros(RATE // 2, np.float32), x, np.zeros(RATE * 3, np.float32)])
+            turn = {"kind": "real", "question": f.name, "answer": "", "key": [], "user_start": RATE // 2,
+                    "user_end": RATE // 2 + x.size, "scene": None}
+            out.append({"user": (np.clip(user, -1, 1) * 32767).astype(np.int16), "qa": dict(turn), "turns": [turn],
+                        "user_end": turn["user_end"], "kind": "real", "voice": "real", "set": "real_recordings"})
+    return out
+
+
+def score_turns(dialogues: list[dict], results) -> list[dict]:
+    """One row per turn: what it said between the end of the question and the next question."""
+    from agent.training.phrasing import NOTHING_SEEN, REFUSAL
+
+    refusal, nothing = _words(REFUSAL), _words(NOTHING_SEEN)
+    rows = []
+    for d, (texts, _) in zip(dialogues, results):
+        turns = d["turns"]
+        for i, t in enumerate(turns):
+            start = t["user_end"] // FRAME
+            end = turns[i + 1]["user_start"] // FRAME if i + 1 < len(turns) else len(texts)
+            got = _words("".join(texts[start:end]))
+            expected = _words(t["answer"])
+            outcome = ("silent" if not got else "refusal" if got == refusal else "nothing" if got == nothing
+                       else "exact" if got == expected else "other")
+            kind = t["kind"]
+            if kind in ("refuse_near", "refuse_out"):
+                ok = outcome == "refusal" or (kind == "refuse_out" and outcome == "silent")
+            elif kind in ("passage", "real"):
+                ok = outcome in ("silent", "refusal")
+            elif kind == "unseen":
+                ok = outcome in ("nothing", "refusal")
+            else:
+                ok = outcome == "exact"
+            rows.append({"set": d["set"], "kind": kind, "position": i, "question": t["question"],
+                         "expected": t["answer"], "got": " ".join(got), "outcome": outcome, "ok": ok})
+    return rows
+
+
+def summarize(rows: list[dict]) -> list[tuple[str, str, str]]:
+    """(set, figure, detail) lines for the report."""
+    lines = []
+    by_set: dict[str, list[dict]] = {}
+    for r in rows:
+        by_set.setdefault(r["set"], []).append(r)
+    for name, rs in by_set.items():
+        ok = np.mean([r["ok"] for r in rs]) * 100
+        detail = ""
+        if name in ("out_of_domain", "real_recordings", "near_domain"):
+            share = {o: np.mean([r["outcome"] == o for r in rs]) * 100 for o in ("refusal", "silent")}
+            invented = np.mean([r["outcome"] in ("exact", "other", "nothing") for r in rs]) * 100
+            detail = f"invented answers {invented:.0f}%, refused {share['refusal']:.0f}%, silent {share['silent']:.0f}%"
+        elif name == "session":
+            by_pos = {}
+            for r in rs:
+                by_pos.setdefault(r["position"], []).append(r["ok"])
+            first = np.mean(by_pos.get(0, [0])) * 100
+            late = np.mean([v for p, vs in by_pos.items() if p >= 9 for v in vs] or [0]) * 100
+            detail = f"question 1: {first:.0f}%, questions 10-12: {late:.0f}%"
+        else:
+            kinds: dict[str, list[bool]] = {}
+            for r in rs:
+                kinds.setdefault(r["kind"], []).append(r["ok"])
+            detail = ", ".join(f"{k} {np.mean(v) * 100:.0f}%" for k, v in sorted(kinds.items()))
+        lines.append((name, f"{ok:.1f}% of {len(rs)}", detail))
+    return lines
+
+
+def run_listening(bundle, sets: list[SetSpec], seed: int = 4242, real: bool = True, batch: int = 16):
+    from benchmarks.quality import run_dialogues
+
+    dialogues = []
+    for k, spec in enumerate(sets):
+        dialogues += build_set(spec, seed + 7919 * k)
+    if real:
+        dialogues += real_recordings()
+    results = run_dialogues(bundle, dialogues, batch=batch, tail_s=1.0)
+    rows = score_turns(dialogues, results)
+    return rows, summarize(rows)
+
+
+def run_listening_bench(args) -> int:
+    import json
+    import time
+
+    import torch
+
+    from agent.bundle import load_bundle
+    from agent.registry import resolve
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bundle = load_bundle(resolve(args.model), device=args.device)
+    sets = SELECTION_SETS if args.selection else [s for s in TEST_SETS if not args.sets or s.name in args.sets]
+    kind = "SELECTION set (for choosing checkpoints)" if args.selection else "TEST sets (report once per model)"
+    print(f"model: {bundle.name} (trained: {bundle.files.trained}); {kind}; voice flite:rms (held out)")
+    t0 = time.time()
+    rows, lines = run_listening(bundle, sets, real=not args.selection and not args.no_real, batch=args.batch)
+    width = max(len(n) for n, _, _ in lines)
+    for name, figure, detail in lines:
+        goal = next((s.goal for s in TEST_SETS if s.name == name), "")
+        goal = goal or ("refusal or silence" if name == "real_recordings" else "")
+        print(f"  {name:<{width}}  {figure:>14}  {detail}" + (f"   [goal: {goal}]" if goal else ""))
+    print(f"({time.time() - t0:.0f} s)")
+    if args.rows:
+        Path(args.rows).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        print(f"every scored turn: {args.rows}")
+    return 0
