@@ -222,3 +222,15 @@ def test_draining_replica_finishes_its_session_and_takes_no_new_one(cluster, que
     survivor = {_health(port)["replica"] for _ in range(4)}
     assert len(survivor) == 1
     assert during.accepted and during.replica in survivor  # the new session went to the replica that stays
+
+
+def test_autoscaling_targets_one_slot_less_than_a_replica_holds():
+    """Serve scales on ongoing requests (= open conversations): the target is one less than the slots, so a new
+    replica starts before the last slot of the others is taken; a fixed count has no autoscaling."""
+    from frontends.cluster.deployment import ClusterConfig
+
+    auto = ClusterConfig(slots_per_replica=8, min_replicas=1, max_replicas=4).autoscaling()
+    assert auto["target_ongoing_requests"] == 7 and auto["max_replicas"] == 4 and auto["min_replicas"] == 1
+    assert ClusterConfig(replicas=3).autoscaling() is None
+    with pytest.raises(ValueError):
+        ClusterConfig(min_replicas=5, max_replicas=2)
