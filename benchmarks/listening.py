@@ -4,8 +4,9 @@ image, real recordings not meant for it, and long sessions of many questions; sc
 Two kinds of set, never mixed up:
 - **test** sets use the held-out phrasings of `agent.training.phrasing` and the held-out voice, and are
   reported once per shipped model; no training run or checkpoint choice ever reads them.
-- the **selection** set uses training phrasings (other draws, the held-out voice): it is what a training round
-  may look at to choose between checkpoints.
+- the **selection** set uses the fixed training phrasings (split "listed": other draws, the held-out voice,
+  the same 120 questions since round 12, so rounds compare on one set; the composed phrasings of round 13 are
+  not in it): it is what a training round may look at to choose between checkpoints.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ TEST_SETS = [
     SetSpec("no_image", "held_out", 30, ["see", "colour", "howmany"], 0.0, goal="'nothing' or refusal"),
     SetSpec("session", "listed", 6, IN_DOMAIN, 0.6, turns=12, goal="questions 10-12 within 3 points of the 1st"),
 ]
-SELECTION_SETS = [SetSpec("selection", "train", 120, IN_DOMAIN + ["refuse_near", "refuse_out", "passage"], 0.6)]
+SELECTION_SETS = [SetSpec("selection", "listed", 120, IN_DOMAIN + ["refuse_near", "refuse_out", "passage"], 0.6)]
 
 
 def build_set(spec: SetSpec, seed: int, voices=None) -> list[dict]:

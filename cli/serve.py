@@ -109,6 +109,8 @@ def _serve(args) -> int:
             return serve_cluster(args, _cluster_config, config, token, limits)
         except (ImportError, ValueError) as exc:
             raise UserFacingError(str(exc)) from exc
+        except ConnectionError as exc:  # no cluster at --address, or Ray's token missing
+            raise UserFacingError(f"cannot join the Ray cluster at {args.address}: {exc}") from exc
     devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
     agent = Agent.from_pretrained(args.model, agent_config(args, max_sessions=args.max_sessions, devices=devices,
                                                              realtime=args.pace == "realtime"))
