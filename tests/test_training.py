@@ -275,3 +275,17 @@ def test_lm_init_across_codebook_counts_loads_what_matches():
     carried = [k for k in own if k not in fresh]
     assert any("text_emb" in k for k in carried) and any("transformer" in k or "layers" in k for k in carried)
     assert all(torch.equal(own[k], src[k]) for k in carried)
+
+
+def test_train_lm_pattern_builds_an_all_attention_teacher():
+    """`train lm --pattern A` trains a fresh all-attention variant of the default model (the teacher that
+    `duplex train distill` distils a converted hybrid from); the default stays the MMA hybrid."""
+    import argparse
+
+    from agent.training.lm_train import _build_model
+
+    teacher = _build_model(argparse.Namespace(pattern="A"), None, 8, "cpu")
+    assert teacher.cfg.layer_kinds() == "A" * teacher.cfg.num_layers
+    default = _build_model(argparse.Namespace(pattern=None), None, 8, "cpu")
+    assert "M" in default.cfg.layer_kinds()
+    assert sum(p.numel() for p in teacher.parameters()) != sum(p.numel() for p in default.parameters())

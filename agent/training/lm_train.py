@@ -8,6 +8,7 @@ automatically); `--export FOLDER` writes a complete model folder (codec + LM + t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import shutil
 import time
@@ -40,6 +41,8 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     add_loop_args(p, run="runs/lm", batch=16, lr=3e-3, save_every=200)
     p.add_argument("--codec", default="runs/codec/codec.safetensors", help="trained codec weights")
     p.add_argument("--frames", type=int, default=80, help="frames per training sequence (80 = 6.4 s)")
+    p.add_argument("--pattern", help="a fresh model's block pattern instead of the default model's MMA (A: "
+                                     "attention, M: Mamba2; 'A' = all attention, e.g. a teacher to distil from)")
     p.add_argument("--export", help="write the trained model folder here (e.g. agent/weights/default); with --lora "
                                     "the adapter is merged into it")
     p.add_argument("--init", metavar="MODEL_OR_WEIGHTS",
@@ -339,8 +342,14 @@ def _build_model(args, files, codec_layout: int, device):
     from models.lm import LMModel, load_lm
 
     if files is not None:
+        if getattr(args, "pattern", None):
+            _fail("--pattern shapes a fresh model; with --init the model keeps its own layers "
+                  "(`duplex convert hybrid` changes them)")
         return load_lm(files.lm, cfg=files.lm_config, device=device, dtype=torch.float32).train()
-    return LMModel(lm_config(codebooks=codec_layout)).to(device).train()
+    cfg = lm_config(codebooks=codec_layout)
+    if getattr(args, "pattern", None):  # e.g. "A": an all-attention teacher for `duplex train distill`
+        cfg = dataclasses.replace(cfg, pattern=args.pattern)
+    return LMModel(cfg).to(device).train()
 
 
 def run(args) -> int:
