@@ -285,7 +285,7 @@ def test_train_lm_pattern_builds_an_all_attention_teacher():
     from agent.training.lm_train import _build_model
 
     teacher = _build_model(argparse.Namespace(pattern="A"), None, 8, "cpu")
-    assert teacher.cfg.layer_kinds() == "A" * teacher.cfg.num_layers
+    assert teacher.cfg.layer_kinds == "A" * teacher.cfg.num_layers
     default = _build_model(argparse.Namespace(pattern=None), None, 8, "cpu")
-    assert "M" in default.cfg.layer_kinds()
+    assert "M" in default.cfg.layer_kinds
     assert sum(p.numel() for p in teacher.parameters()) != sum(p.numel() for p in default.parameters())
