@@ -193,6 +193,25 @@ def _replica_class():
             status, answer = await answer_offer(self.state, body, ip)
             return JSONResponse(answer, status_code=status, headers={REPLICA_HEADER: self.replica_id})
 
+        @api.post("/client-report")
+        async def client_report(self, request: Request):
+            """The page's own report of what it got (the same as `duplex serve`): logged by the replica."""
+            import json
+
+            body = await request.body()
+            if len(body) > self.state.limits.max_report_bytes:
+                return JSONResponse({"error": f"report larger than {self.state.limits.max_report_bytes} bytes"},
+                                    status_code=413)
+            try:
+                report = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                return JSONResponse({"error": "expected JSON"}, status_code=400)
+            if not isinstance(report, dict):
+                return JSONResponse({"error": "expected a JSON object"}, status_code=400)
+            self.state.client_reports.append(report)
+            log.info("client report: %s", json.dumps(report)[:2000])
+            return {"ok": True}
+
         @api.websocket("/api/chat")
         async def chat(self, ws: WebSocket):
             from frontends.transports.limits import BadRequest, TooManyConnections, seed_from_query
