@@ -20,7 +20,14 @@ def serve_cluster(args, cluster_config, agent_config, token, limits) -> int:
     ray.init(address=args.address, namespace="duplex", log_to_driver=False,
              **({} if args.address else {"include_dashboard": False}))
     cluster = cluster_config(args, ray)  # GPUs per replica depend on what the cluster has
-    serve.start(http_options={"host": args.host, "port": args.port})
+    for attempt in range(3):  # Serve gives its proxy 60 s to start: a loaded machine may need another try
+        try:
+            serve.start(http_options={"host": args.host, "port": args.port})
+            break
+        except (ray.exceptions.ActorDiedError, ray.exceptions.GetTimeoutError) as exc:
+            if attempt == 2:
+                raise ConnectionError(f"Serve's HTTP proxy did not start: {exc}") from exc
+            log.warning("Serve's HTTP proxy did not start in time (%s); trying again", type(exc).__name__)
     if agent_config.device == "auto":
         agent_config.device = "cuda" if cluster.gpus_per_replica else "cpu"
     app = build_app(args.model, agent_config, cluster, token=token, limits=limits, ice_servers=args.ice_server,
