@@ -49,7 +49,10 @@ def log(run: Path, summaries: bool = False) -> list[dict]:
     return [e for e in entries if bool(e.get("summary")) == summaries]
 
 
-def assert_same_weights(a: Path, b: Path, tol: float = 2e-5) -> None:
+def assert_same_weights(a: Path, b: Path, tol: float = 5e-5) -> None:
+    """Equal up to float summation order: the ranks' all-reduced gradients add in another order than one
+    process's batch, and Adam carries the difference (seen up to 2.2e-5 after these steps); a wrong loss
+    normalisation or a missed gradient differs by orders of magnitude more."""
     wa, wb = load_file(str(a / "lm.safetensors")), load_file(str(b / "lm.safetensors"))
     assert wa.keys() == wb.keys()
     worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
