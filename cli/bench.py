@@ -32,13 +32,8 @@ def _add_codec(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--config", choices=["mimi", "tiny"], default="mimi")
     p.add_argument("--no-reference", action="store_true", help="skip the reference package")
-    p.set_defaults(handler=_codec)
+    p.set_defaults(handler=_lazy("benchmarks.codec", "run_codec_bench"))
 
-
-def _codec(args) -> int:
-    from cli.codec import bench
-
-    return bench(args)
 
 
 def _add_model_benches(sub: argparse._SubParsersAction) -> None:
@@ -49,7 +44,7 @@ def _add_model_benches(sub: argparse._SubParsersAction) -> None:
                     help="simulated session length for the memory check (0 skips it; default 10)")
     lm.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     lm.add_argument("--no-reference", action="store_true", help="skip the reference moshi comparison")
-    lm.set_defaults(handler=_lm)
+    lm.set_defaults(handler=_lazy("benchmarks.lm_cpu", "run_lm_cpu_bench"))
     eng = sub.add_parser("engine", help="batched frame step (codec + LM) for N concurrent sessions; max real-time N")
     eng.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 16, 64])
     eng.add_argument("--frames", type=int, default=30, help="timed frames per N (default 30)")
@@ -62,12 +57,12 @@ def _add_model_benches(sub: argparse._SubParsersAction) -> None:
                      help="torch (default), onnx, or both: the two stepped alternately in one run, with ratios")
     eng.add_argument("--onnx-dir", help="graphs from `duplex export onnx` (default: exported on first use)")
     eng.add_argument("--onnx-quantize", choices=["int8"], help="int8 dynamic quantisation of the ONNX matmuls")
-    eng.set_defaults(handler=_engine)
+    eng.set_defaults(handler=_lazy("benchmarks.engine", "run_engine_bench"))
     lat = sub.add_parser("latency", help="latency our stack adds over loopback WebSocket and WebRTC")
     lat.add_argument("--seconds", type=float, default=10.0, help="length of the WebSocket stream (default 10)")
     lat.add_argument("--model", default="default")
     lat.add_argument("--device", default="auto")
-    lat.set_defaults(handler=_latency)
+    lat.set_defaults(handler=_lazy("benchmarks.latency", "run_latency_bench"))
     q = sub.add_parser("quality", help="answers, WER, response latency, talk-over on held-out spoken questions")
     q.add_argument("--model", default="default", help="registered model name or model folder (default: default)")
     q.add_argument("--data", default="data/synth/heldout", help="held-out dialogues (synthesized if missing)")
@@ -80,55 +75,25 @@ def _add_model_benches(sub: argparse._SubParsersAction) -> None:
     from cli.run import add_backend_args
 
     add_backend_args(q)
-    q.set_defaults(handler=_quality)
+    q.set_defaults(handler=_lazy("benchmarks.quality", "run_quality_bench"))
     v = sub.add_parser("vision", help="added step cost with an image shown, and image-to-token latency")
     v.add_argument("--model", default="default")
     v.add_argument("--frames", type=int, default=100)
     v.add_argument("--trials", type=int, default=6)
     v.add_argument("--device", default="auto")
     v.add_argument("--threads", type=int, default=None)
-    v.set_defaults(handler=_vision)
+    v.set_defaults(handler=_lazy("benchmarks.vision", "run_vision_bench"))
     gpu = sub.add_parser("gpu", help="fused kernels and LM frame steps on a GPU, vs the reference")
     gpu.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 128],
                      help="session counts for the whole-frame step (default 1 16 64 128)")
     gpu.add_argument("--skip-lm", action="store_true", help="only the Mamba2 kernel comparison")
-    gpu.set_defaults(handler=_gpu)
+    gpu.set_defaults(handler=_lazy("benchmarks.gpu", "run_gpu_bench"))
 
 
-def _lm(args) -> int:
-    from benchmarks.lm_cpu import run_lm_cpu_bench
-
-    return run_lm_cpu_bench(args)
 
 
-def _engine(args) -> int:
-    from benchmarks.engine import run_engine_bench
-
-    return run_engine_bench(args)
 
 
-def _latency(args) -> int:
-    from benchmarks.latency import run_latency_bench
-
-    return run_latency_bench(args)
-
-
-def _quality(args) -> int:
-    from benchmarks.quality import run_quality_bench
-
-    return run_quality_bench(args)
-
-
-def _vision(args) -> int:
-    from benchmarks.vision import run_vision_bench
-
-    return run_vision_bench(args)
-
-
-def _gpu(args) -> int:
-    from benchmarks.gpu import run_gpu_bench
-
-    return run_gpu_bench(args)
 
 
 def _add_aec(sub: argparse._SubParsersAction) -> None:

@@ -122,9 +122,3 @@ def _chunked(step, codec, x, unit: int, label: str):
             outs.append(step(state, x[..., start:start + piece]))
             bar.update(min(piece, total - start) // unit)
     return torch.cat(outs, dim=-1)
-
-
-def bench(args) -> int:
-    from benchmarks.codec import run_codec_bench
-
-    return run_codec_bench(args)
