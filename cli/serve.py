@@ -106,7 +106,7 @@ def _serve(args) -> int:
                                   "(--gpus-per-replica)")
         try:
             config = agent_config(args, realtime=args.pace == "realtime")
-            return serve_cluster(args, _cluster_config, config, token, limits)
+            return serve_cluster(args, _cluster_config(args), config, token, limits)
         except (ImportError, ValueError) as exc:
             raise UserFacingError(str(exc)) from exc
         except ConnectionError as exc:  # no cluster at --address, or Ray's token missing
@@ -147,12 +147,10 @@ def _add_cluster_arguments(p) -> None:
                         "seconds (default 300)")
 
 
-def _cluster_config(args, ray):
+def _cluster_config(args):
     from frontends.cluster.deployment import ClusterConfig
 
-    gpus = args.gpus_per_replica
-    if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     return ClusterConfig(replicas=args.replicas, slots_per_replica=args.slots_per_replica or args.max_sessions,
-                         min_replicas=args.min_replicas, max_replicas=args.max_replicas, gpus_per_replica=gpus,
+                         min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+                         gpus_per_replica=args.gpus_per_replica,
                          cpus_per_replica=args.cpus_per_replica, drain_timeout_s=args.drain_timeout)

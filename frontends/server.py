@@ -94,6 +94,22 @@ def _middlewares(state: ServerState):
     return [guard]
 
 
+def accept_client_report(state: ServerState, body: bytes) -> tuple[int, dict]:
+    """The page's own report of what it got: kept (last 32) and logged; (HTTP status, JSON answer)."""
+    limit = state.limits.max_report_bytes
+    if len(body) > limit:
+        return 413, {"error": f"report larger than {limit} bytes"}
+    try:
+        report = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return 400, {"error": "expected JSON"}
+    if not isinstance(report, dict):
+        return 400, {"error": "expected a JSON object"}
+    state.client_reports.append(report)
+    log.info("client report: %s", json.dumps(report)[:2000])
+    return 200, {"ok": True}
+
+
 def build_app(agent: Agent, token: str | None = None, ice_servers: list[str] | None = None,
               jitter_prefetch: int | None = 1, limits: ServerLimits | None = None) -> web.Application:
     from frontends.transports.moshi_ws import handle_chat
@@ -121,18 +137,8 @@ def build_app(agent: Agent, token: str | None = None, ice_servers: list[str] | N
                                   "webrtc_peers": len(state.peers), "websockets": len(state.websockets)})
 
     async def client_report(request: web.Request) -> web.StreamResponse:
-        body = await request.content.read(limits.max_report_bytes + 1)
-        if len(body) > limits.max_report_bytes:
-            return web.json_response({"error": f"report larger than {limits.max_report_bytes} bytes"}, status=413)
-        try:
-            report = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return web.json_response({"error": "expected JSON"}, status=400)
-        if not isinstance(report, dict):
-            return web.json_response({"error": "expected a JSON object"}, status=400)
-        state.client_reports.append(report)
-        log.info("client report: %s", json.dumps(report)[:2000])
-        return web.json_response({"ok": True})
+        status, answer = accept_client_report(state, await request.content.read(limits.max_report_bytes + 1))
+        return web.json_response(answer, status=status)
 
     async def on_startup(app: web.Application) -> None:
         await agent.start()

@@ -31,7 +31,7 @@ class ClusterConfig:
     slots_per_replica: int = 4
     min_replicas: int | None = None  # autoscaling between min and max replicas on slot occupancy
     max_replicas: int | None = None
-    gpus_per_replica: float = 0.0  # 1 where the cluster has GPUs (`duplex serve --ray` decides)
+    gpus_per_replica: float | None = None  # None: 1 where the cluster has GPUs, else 0 (`run.serve_cluster`)
     cpus_per_replica: float = 1.0
     drain_timeout_s: float = 300.0  # a stopping replica's live conversations get this long to finish
     health_check_period_s: float = 2.0
@@ -195,22 +195,11 @@ def _replica_class():
 
         @api.post("/client-report")
         async def client_report(self, request: Request):
-            """The page's own report of what it got (the same as `duplex serve`): logged by the replica."""
-            import json
+            """The page's own report of what it got (as `duplex serve` takes it)."""
+            from frontends.server import accept_client_report
 
-            body = await request.body()
-            if len(body) > self.state.limits.max_report_bytes:
-                return JSONResponse({"error": f"report larger than {self.state.limits.max_report_bytes} bytes"},
-                                    status_code=413)
-            try:
-                report = json.loads(body)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                return JSONResponse({"error": "expected JSON"}, status_code=400)
-            if not isinstance(report, dict):
-                return JSONResponse({"error": "expected a JSON object"}, status_code=400)
-            self.state.client_reports.append(report)
-            log.info("client report: %s", json.dumps(report)[:2000])
-            return {"ok": True}
+            status, answer = accept_client_report(self.state, await request.body())
+            return JSONResponse(answer, status_code=status)
 
         @api.websocket("/api/chat")
         async def chat(self, ws: WebSocket):

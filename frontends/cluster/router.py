@@ -33,10 +33,7 @@ class FreeSlotRouter(FIFOMixin, RequestRouter):
         """Ranks, best first: replicas keeping real time with a free slot (most free first), replicas behind
         real time with a free slot, then every replica (one of them refuses the session at once)."""
         free = {r.replica_id: self.free_slots(r) for r in candidate_replicas}
-        on_time = [r for r in candidate_replicas if (r.routing_stats or {}).get("keeps_realtime", True)]
-        ranks = [
-            sorted((r for r in on_time if free[r.replica_id] > 0), key=lambda r: -free[r.replica_id])[:1],
-            sorted((r for r in candidate_replicas if free[r.replica_id] > 0), key=lambda r: -free[r.replica_id])[:1],
-            list(candidate_replicas),
-        ]
+        with_room = sorted((r for r in candidate_replicas if free[r.replica_id] > 0), key=lambda r: -free[r.replica_id])
+        on_time = [r for r in with_room if (r.routing_stats or {}).get("keeps_realtime", True)]
+        ranks = [on_time[:1], with_room[:1], list(candidate_replicas)]
         return [rank for rank in ranks if rank]

@@ -3,23 +3,26 @@ arguments are in `cli.serve`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
 
 from frontends.cluster import require_ray
-from frontends.cluster.deployment import APP_NAME, build_app
+from frontends.cluster.deployment import APP_NAME, ClusterConfig, build_app
 
 log = logging.getLogger("duplex.cluster")
 
 
-def serve_cluster(args, cluster_config, agent_config, token, limits) -> int:
+def serve_cluster(args, cluster: ClusterConfig, agent_config, token, limits) -> int:
     ray, serve = require_ray()
     if args.detach and not args.address:
         raise ValueError("--detach needs --address: a local Ray instance ends with this process")
     ray.init(address=args.address, namespace="duplex", log_to_driver=False,
              **({} if args.address else {"include_dashboard": False}))
-    cluster = cluster_config(args, ray)  # GPUs per replica depend on what the cluster has
+    if cluster.gpus_per_replica is None:  # what the cluster has decides
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        cluster = dataclasses.replace(cluster, gpus_per_replica=gpus)
     for attempt in range(3):  # Serve gives its proxy 60 s to start: a loaded machine may need another try
         try:
             serve.start(http_options={"host": args.host, "port": args.port})
