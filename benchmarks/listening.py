@@ -4,9 +4,11 @@ image, real recordings not meant for it, and long sessions of many questions; sc
 Two kinds of set, never mixed up:
 - **test** sets use the held-out phrasings of `agent.training.phrasing` and the held-out voice, and are
   reported once per shipped model; no training run or checkpoint choice ever reads them.
-- the **selection** set uses the fixed training phrasings (split "listed": other draws, the held-out voice,
-  the same 120 questions since round 12, so rounds compare on one set; the composed phrasings of round 13 are
-  not in it): it is what a training round may look at to choose between checkpoints.
+- the **selection** sets are what a training round may look at to choose between checkpoints: "selection" uses
+  the fixed training phrasings (split "listed": other draws, the held-out voice, the same 120 questions since
+  round 12, so rounds compare on one set), "selection_rewordings" (since round 14) the `select` phrasings, which
+  no training draw uses and no test set reads: generalisation to new phrasings, measured apart from the tests.
+- real human speech (`benchmarks.real_speech`) belongs to the test sets only.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from models.codec import FRAME_SIZE as FRAME
 from models.codec import SAMPLE_RATE as RATE
 
 IN_DOMAIN = ["add", "sub", "count", "spell", "greet", "see", "colour", "howmany"]
-SPEECH_DIRS = [Path("/usr/share/pocketsphinx/test/data/librivox"), Path("/usr/share/asterisk/sounds/en")]
 
 
 def _words(text: str) -> list[str]:
@@ -32,7 +33,7 @@ def _words(text: str) -> list[str]:
 @dataclass
 class SetSpec:
     name: str
-    split: str  # phrasings: "held_out" (test sets), "train" (selection set) or "listed" (training lists only)
+    split: str  # phrasings: "held_out" (test sets), "select" or "listed" (selection sets; listed = training lists)
     count: int
     kinds: list[str]
     scene_p: float
@@ -47,7 +48,8 @@ TEST_SETS = [
     SetSpec("no_image", "held_out", 30, ["see", "colour", "howmany"], 0.0, goal="'nothing' or refusal"),
     SetSpec("session", "listed", 6, IN_DOMAIN, 0.6, turns=12, goal="questions 10-12 within 3 points of the 1st"),
 ]
-SELECTION_SETS = [SetSpec("selection", "listed", 120, IN_DOMAIN + ["refuse_near", "refuse_out", "passage"], 0.6)]
+SELECTION_SETS = [SetSpec("selection", "listed", 120, IN_DOMAIN + ["refuse_near", "refuse_out", "passage"], 0.6),
+                  SetSpec("selection_rewordings", "select", 96, IN_DOMAIN + ["refuse_near", "refuse_out"], 0.6)]
 
 
 def build_set(spec: SetSpec, seed: int, voices=None) -> list[dict]:
@@ -87,21 +89,16 @@ def _spread(d: dict, rng: random.Random) -> dict:
     return d
 
 
-def real_recordings(limit: int = 40) -> list[dict]:
-    """Real human speech that packages ship (never used in training): each must get a refusal or silence."""
-    from agent.audio import load_audio
+def real_sets() -> list[dict]:
+    """Real human speech (`benchmarks.real_speech`): recordings not meant for the model, and its own questions
+    said by a real person."""
+    from benchmarks.real_speech import out_of_domain_recordings, real_voice_questions
 
     out = []
-    for folder in SPEECH_DIRS:
-        for f in sorted(folder.glob("*.wav"))[:limit]:
-            x = load_audio(f).samples[: 12 * RATE]
-            if x.size < RATE // 2:
-                continue
-            user = np.concatenate([np.zeros(RATE // 2, np.float32), x, np.zeros(RATE * 3, np.float32)])
-            turn = {"kind": "real", "question": f.name, "answer": "", "key": [], "user_start": RATE // 2,
-                    "user_end": RATE // 2 + x.size, "scene": None}
-            out.append({"user": (np.clip(user, -1, 1) * 32767).astype(np.int16), "qa": dict(turn), "turns": [turn],
-                        "user_end": turn["user_end"], "kind": "real", "voice": "real", "set": "real_recordings"})
+    for name, ds in (("real_recordings", out_of_domain_recordings()), ("real_voice", real_voice_questions())):
+        for d in ds:
+            d["set"] = name
+        out += ds
     return out
 
 
@@ -170,10 +167,19 @@ def run_listening(bundle, sets: list[SetSpec], seed: int = 4242, real: bool = Tr
     for k, spec in enumerate(sets):
         dialogues += build_set(spec, seed + 7919 * k)
     if real:
-        dialogues += real_recordings()
+        dialogues += real_sets()
     results = run_dialogues(bundle, dialogues, batch=batch, tail_s=1.0)
     rows = score_turns(dialogues, results)
     return rows, summarize(rows)
+
+
+def print_table(lines: list[tuple[str, str, str]]) -> None:
+    width = max(len(n) for n, _, _ in lines)
+    for name, figure, detail in lines:
+        goal = next((s.goal for s in TEST_SETS if s.name == name), "")
+        goal = goal or {"real_recordings": "refusal or silence", "real_voice": ">= 85% exact (unseen kind of voice)"
+                        }.get(name, "")
+        print(f"  {name:<{width}}  {figure:>14}  {detail}" + (f"   [goal: {goal}]" if goal else ""))
 
 
 def run_listening_bench(args) -> int:
@@ -193,11 +199,7 @@ def run_listening_bench(args) -> int:
     print(f"model: {bundle.name} (trained: {bundle.files.trained}); {kind}; voice flite:rms (held out)")
     t0 = time.time()
     rows, lines = run_listening(bundle, sets, real=not args.selection and not args.no_real, batch=args.batch)
-    width = max(len(n) for n, _, _ in lines)
-    for name, figure, detail in lines:
-        goal = next((s.goal for s in TEST_SETS if s.name == name), "")
-        goal = goal or ("refusal or silence" if name == "real_recordings" else "")
-        print(f"  {name:<{width}}  {figure:>14}  {detail}" + (f"   [goal: {goal}]" if goal else ""))
+    print_table(lines)
     print(f"({time.time() - t0:.0f} s)")
     if args.rows:
         Path(args.rows).write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -289,6 +289,11 @@ def run_quality_bench(args) -> int:
               "could do)")
     print(f"batched throughput: {audio_s / wall:.1f}x real time for {len(dialogues)} dialogues "
           f"(batch {args.batch}); per-session real time on 2 cores: see `duplex bench engine`")
+    if getattr(args, "listening", False):
+        from benchmarks.listening import TEST_SETS, print_table, run_listening
+
+        print("listening TEST sets (held-out phrasings and voice, real human speech; once per shipped model):")
+        print_table(run_listening(bundle, TEST_SETS, batch=args.batch)[1])
     cq = codec_quality(bundle.codec)
     if cq:
         print(f"codec on real speech (LibriVox, {cq[2]} clips, {bundle.codec.num_codebooks} codebooks): "

@@ -72,6 +72,9 @@ def _add_model_benches(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--answers", help="write every scored answer here (JSON lines: kind, question, expected, got)")
     q.add_argument("--device", default="auto", help="cpu, cuda, or auto (default)")
     q.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    q.add_argument("--listening", action="store_true",
+                   help="also the listening TEST sets (rewordings, refusals, no-image questions, sessions, real "
+                        "human speech) in the same table format as `duplex bench listening`")
     from cli.run import add_backend_args
 
     add_backend_args(q)

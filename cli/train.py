@@ -26,6 +26,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                             "out-of-domain requests (classic: single questions)")
     synth.add_argument("--augment", action="store_true",
                        help="warp each dialogue's user speech in tempo/pitch (0.88-1.14x) and vary the noise floor")
+    synth.add_argument("--room", type=float, default=0.0, metavar="SHARE",
+                       help="pass this share (0-1) of the user tracks through a drawn room and microphone: distance, "
+                            "reverberation, background noise, telephone band or codec artefacts, level (default 0)")
     synth.set_defaults(handler=_synth)
     prep = dsub.add_parser(
         "prepare", help="recorded conversations -> training dialogues (agent words time-stamped by whisper)",
@@ -84,12 +87,15 @@ def _prepare(args) -> int:
 
 def _synth(args) -> int:
     from agent.errors import UserFacingError
+
+    if not 0.0 <= args.room <= 1.0:
+        raise UserFacingError(f"--room is a share of the user tracks, between 0 and 1 (got {args.room})")
     from agent.training.synth import synth_dataset
     from agent.training.tts import TTSError
 
     try:
         n = synth_dataset(Path(args.out), args.count, args.seed, held_out=args.held_out, voices=args.voices,
-                          augment=args.augment, mix=args.mix)
+                          augment=args.augment, mix=args.mix, room=args.room)
     except TTSError as exc:
         raise UserFacingError(str(exc)) from exc
     print(f"wrote {n} new dialogues to {args.out}")

@@ -19,12 +19,19 @@ def test_held_out_phrasings_never_reach_training():
     held = {t for v in ph.PHRASINGS.values() for t in v["held_out"]}
     held |= set(ph.OUT_OF_DOMAIN["held_out"]) | set(ph.PASSAGES["held_out"])
     held |= {t for _, p in ph.GREETING_INTENTS.values() for t in p["held_out"]}
-    near = set(ph.NEAR_DOMAIN["held_out"])
-    for _ in range(6000):  # training draws, composed ones included, never use a held-out phrasing
-        qa = sample_turn(rng, None, "train")
-        assert not any(_matches(t, qa.question) for t in held), qa.question
+    # the selection phrasings are unheard in training too (they measure generalisation for checkpoint choice)
+    held |= {t for v in ph.PHRASINGS.values() for t in v["select"]}
+    held |= set(ph.OUT_OF_DOMAIN["select"]) | set(ph.PASSAGES["select"])
+    held |= {t for _, p in ph.GREETING_INTENTS.values() for t in p["select"]}
+    near = set(ph.NEAR_DOMAIN["held_out"]) | set(ph.NEAR_DOMAIN["select"])
+    from agent.training.phrasing_grammar import undecorated
+
+    for _ in range(6000):  # training draws, composed ones included, never use a held-out phrasing, not even
+        qa = sample_turn(rng, None, "train")  # with a filler before or a "please" after it
+        forms = undecorated(qa.question)
+        assert not any(_matches(t, q) for t in held for q in forms), qa.question
         if qa.kind == "refuse_near":
-            assert not any(_matches(t, qa.question) for t in near), qa.question
+            assert not any(_matches(t, q) for t in near for q in forms), qa.question
     assert ph.held_out_phrasings() >= 30
 
 
@@ -50,7 +57,8 @@ def _matches(template: str, text: str) -> bool:
 
     pattern = re.escape(template)
     for field in ("a", "b", "n", "w", "s", "ss"):
-        pattern = pattern.replace(re.escape("{" + field + "}"), r"[a-z]+")  # one word: a digit, shape or word
+        # one word (a digit, shape or word); counts may take two ("a hundred")
+        pattern = pattern.replace(re.escape("{" + field + "}"), r"[a-z]+(?: [a-z]+)?" if field == "n" else r"[a-z]+")
     return re.fullmatch(pattern, text) is not None
 
 
@@ -81,3 +89,34 @@ def test_sessions_hold_several_questions_in_order_with_aligned_answers():
     starts = [p for p, _ in d["words"]]
     assert starts[0] > turns[0]["user_end"] and starts[-1] > turns[2]["user_end"]
     assert d["user"].size == d["agent"].size and np.abs(d["agent"]).max() > 0
+
+
+def test_selection_phrasings_are_neither_training_nor_test_phrasings():
+    """The selection set's rewordings: a third split, apart from the test set's and from every training draw."""
+    for kind, v in ph.PHRASINGS.items():
+        assert len(v["select"]) >= 3 and not set(v["select"]) & set(v["held_out"]), kind
+    rng = random.Random(2)
+    for _ in range(200):
+        qa = sample_turn(rng, None, "select", kind="add")
+        assert any(_matches(t, qa.question) for t in ph.PHRASINGS["add"]["select"]), qa.question
+        assert qa.answer.split()[1] == "plus"  # the one answer form of its kind
+        qa = sample_turn(rng, None, "select", kind="refuse_near")
+        assert any(_matches(t, qa.question) for t in ph.NEAR_DOMAIN["select"]) and qa.answer == ph.REFUSAL
+
+
+def test_room_chain_keeps_length_and_words_times_and_is_seeded():
+    """`data synth --room`: the chain changes the sound, never the track's length (word times stay exact), and a
+    seed gives the same chain; share 0 passes the track through untouched."""
+    from agent.training.room import RoomAugment
+
+    x = np.random.default_rng(0).normal(0, 0.1, 24_000 * 2).astype(np.float32)
+    labels = set()
+    for seed in range(12):
+        y, label = RoomAugment(random.Random(seed), 1.0)(x)
+        y2, label2 = RoomAugment(random.Random(seed), 1.0)(x)
+        assert y.shape == x.shape and y.dtype == np.float32 and np.abs(y).max() <= 1.0
+        assert label == label2 and np.array_equal(y, y2)
+        labels |= set(label.split("+"))
+    assert {"phone", "far"} <= {lab.rstrip("0123456789.dB") or lab for lab in labels} | labels
+    same, label = RoomAugment(random.Random(0), 0.0)(x)
+    assert same is x and label == ""

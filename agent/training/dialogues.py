@@ -127,8 +127,8 @@ def sample_turn(rng: random.Random, scene: Scene | None, split: str = "train", k
         return QA(kind, q, f"there are {NUMBERS[scene.count]}", [NUMBERS[scene.count]], scene)
     if kind == "refuse_near":
         values = dict(a=NUMBERS[rng.randint(2, 9)], b=NUMBERS[rng.randint(2, 9)],
-                      w=rng.choice(ph.UNSPELLABLE[split_in_lists]),
-                      n=rng.choice(ph.FAR_COUNTS[split_in_lists]), s=rng.choice(SHAPES))
+                      w=rng.choice(ph.values(ph.UNSPELLABLE, split)),
+                      n=rng.choice(ph.values(ph.FAR_COUNTS, split)), s=rng.choice(SHAPES))
         if composed():  # the frames of its own questions, with what it cannot do in them
             values["c"] = NUMBERS[rng.randint(2, 9)]
             near = rng.choices(["near_arith", "spell", "count", "near_scene"], weights=[5, 2, 2, 1])[0]

@@ -1,8 +1,10 @@
 """How people actually ask: many phrasings per kind of question, and the requests the model must refuse.
 
-Every list is split in two: `train` phrasings feed `duplex data synth`; `held_out` phrasings are only ever
-used by the test sets of `duplex bench quality`, never by training or checkpoint choice, so the "natural
-rewordings" figure measures phrasings the model has never heard.
+Every list is split in three: `train` phrasings feed `duplex data synth`; `held_out` phrasings are only ever
+used by the test sets of `duplex bench listening`, never by training or checkpoint choice, so the "natural
+rewordings" figure measures phrasings the model has never heard; `select` phrasings (since round 14) are unheard
+in training too and make the selection set's rewordings, so that checkpoints can be chosen on how well they
+generalise without ever reading a test set.
 
 Answers keep one fixed form per kind (the model must understand many phrasings, and say one thing).
 """
@@ -24,6 +26,8 @@ PHRASINGS: dict[str, dict[str, list[str]]] = {
                   "tell me {a} plus {b}", "what is {a} plus {b} please", "{a} plus {b} is what"],
         "held_out": ["could you tell me what {a} plus {b} is", "hey what's {a} plus {b}", "add {a} and {b}",
                      "so what is {a} plus {b}", "what would {a} plus {b} be", "uh how much is {a} plus {b}"],
+        "select": ["what's the total of {a} and {b}", "{a} plus {b} makes what", "do you know {a} plus {b}",
+                   "i'd like to know what {a} plus {b} is"],
     },
     "sub": {
         "train": ["what is {a} minus {b}", "what's {a} minus {b}", "how much is {a} minus {b}", "{a} minus {b}",
@@ -31,49 +35,62 @@ PHRASINGS: dict[str, dict[str, list[str]]] = {
                   "subtract {b} from {a}", "what do you get if you take {b} from {a}", "tell me {a} minus {b}"],
         "held_out": ["could you tell me what {a} minus {b} is", "please subtract {b} from {a}",
                      "hey what's {a} minus {b}", "what would {a} minus {b} be", "uh {a} take away {b}"],
+        "select": ["{a} minus {b} makes what", "do you know {a} minus {b}", "what remains if you take {b} from {a}",
+                   "i'd like to know what {a} minus {b} is"],
     },
     "count": {
         "train": ["count to {n}", "please count to {n}", "can you count to {n}", "count up to {n}",
                   "count from one to {n}", "um count to {n}", "could you count to {n} for me"],
         "held_out": ["would you count to {n}", "hey count up to {n} please", "let's count to {n}",
                      "can you count from one up to {n}"],
+        "select": ["give me a count up to {n}", "count for me up to {n}", "i'd love to hear you count to {n}"],
     },
     "spell": {
         "train": ["spell the word {w}", "how do you spell {w}", "spell {w}", "can you spell {w}",
                   "please spell the word {w}", "how is {w} spelled", "um how do you spell {w}"],
         "held_out": ["what is the spelling of {w}", "could you spell {w} for me", "hey spell the word {w}",
                      "how would you spell {w}"],
+        "select": ["give me the spelling of {w}", "spell me the word {w}", "what's the way to spell {w}"],
     },
     "see": {
         "train": ["what do you see", "what can you see", "what are you looking at", "tell me what you see",
                   "describe what you see", "um what do you see"],
         "held_out": ["what's in front of you", "what is in the picture", "can you tell me what you see",
                      "what do you see right now"],
+        "select": ["what are you seeing right now", "tell me what is in front of you", "what's visible to you"],
     },
     "colour": {
         "train": ["what colour is the {s}", "what color is the {s}", "which colour is the {s}",
                   "what colour are the {ss}", "tell me the colour of the {s}", "what color are the {ss}"],
         "held_out": ["what is the colour of the {s}", "can you tell me what color the {s} is",
                      "which color are the {ss}", "um what colour is that {s}"],
+        "select": ["which colour does the {s} have", "can you name the colour of the {s}",
+                   "what colour have the {ss} got"],
     },
     "howmany": {
         "train": ["how many {ss} are there", "how many {ss} do you see", "how many {ss} can you see",
                   "how many {ss}", "um how many {ss} are there"],
         "held_out": ["how many {ss} are in the picture", "can you tell me how many {ss} there are",
                      "what number of {ss} do you see"],
+        "select": ["how many {ss} are visible", "can you say how many {ss} you see", "how many {ss} are shown"],
     },
 }
 
 # Greetings: each intent's phrasings, and its one answer.
 GREETING_INTENTS: dict[str, tuple[str, dict[str, list[str]]]] = {
     "hello": ("hello there how can i help", {"train": ["hello", "hey", "hey there", "hello there"],
-                                             "held_out": ["hiya", "hello hello"]}),
-    "hi": ("hi how are you", {"train": ["hi there", "hi", "hi again"], "held_out": ["oh hi"]}),
-    "morning": ("good morning to you", {"train": ["good morning", "morning"], "held_out": ["good morning there"]}),
+                                             "held_out": ["hiya", "hello hello"],
+                                             "select": ["hello friend"]}),
+    "hi": ("hi how are you", {"train": ["hi there", "hi", "hi again"], "held_out": ["oh hi"],
+                              "select": ["hi hi there"]}),
+    "morning": ("good morning to you", {"train": ["good morning", "morning"], "held_out": ["good morning there"],
+                                              "select": ["morning there"]}),
     "thanks": ("you are welcome", {"train": ["thank you", "thanks", "thanks a lot", "thank you so much"],
-                                   "held_out": ["many thanks", "cheers thanks"]}),
+                                   "held_out": ["many thanks", "cheers thanks"],
+                                   "select": ["thanks very much"]}),
     "bye": ("good bye see you soon", {"train": ["good bye", "bye", "bye bye", "see you later"],
-                                      "held_out": ["goodbye for now", "see you"]}),
+                                      "held_out": ["goodbye for now", "see you"],
+                                      "select": ["catch you later"]}),
 }
 
 # Requests near the domain that it must refuse (it cannot multiply, divide, spell other words, count far).
@@ -86,6 +103,8 @@ NEAR_DOMAIN: dict[str, list[str]] = {
     "held_out": ["how much is {a} times {b}", "can you divide {a} by {b}", "could you spell {w} for me",
                  "please count to {n}", "what's {a} squared", "what is half of {a}", "multiply {a} by {b}",
                  "what is {a} percent of {b}", "how big is the {s}", "count down from {a}"],
+    "select": ["can you multiply {a} and {b}", "what's {a} times {b} equal to", "give me the spelling of {w}",
+               "count all the way up to {n}", "what's {a} over {b}"],
 }
 UNSPELLABLE = {"train": ["elephant", "computer", "banana", "window", "garden", "teacher", "orange", "people"],
                "held_out": ["giraffe", "kitchen", "yellow", "music", "summer", "planet"]}
@@ -109,6 +128,8 @@ OUT_OF_DOMAIN: dict[str, list[str]] = {
                  "wake me up at seven", "is it going to rain", "explain how a car works",
                  "read me the news", "how many people live in london", "what time does the shop close",
                  "find me a recipe for soup", "can you recommend a film", "lock the back door"],
+    "select": ["what's the temperature outside", "play my favourite playlist", "how do i boil an egg",
+               "who is the president", "can you order a taxi for me", "turn the heating on"],
 }
 
 # Long passages not addressed to the agent (reading aloud, chatter): it stays silent.
@@ -125,6 +146,8 @@ PASSAGES: dict[str, list[str]] = {
                  "it rained all week so the children stayed inside and built a castle out of boxes",
                  "the library closes early on sundays so we usually go there on friday evenings",
                  "he painted the fence white and then sat in the sun to admire his work"],
+    "select": ["the bakery on the corner opens at six and sells out of rolls before nine most days",
+               "they drove to the mountains for the weekend and hiked until the sun went down"],
 }
 
 
@@ -147,6 +170,11 @@ def listed(split: str) -> str:
     return "train" if split == "listed" else split
 
 
+def values(table: dict[str, list[str]], split: str) -> list[str]:
+    """The values (words, counts) of a split; the selection split asks with new phrasings about training values."""
+    return table["train" if split == "select" else listed(split)]
+
+
 def held_out_phrasings() -> int:
     """Distinct held-out templates (each filled with many values in the test set)."""
     return (sum(len(v["held_out"]) for v in PHRASINGS.values())
@@ -159,5 +187,9 @@ def assert_disjoint() -> None:
         assert not set(v["train"]) & set(v["held_out"]), kind
     for intent, (_, p) in GREETING_INTENTS.items():
         assert not set(p["train"]) & set(p["held_out"]), intent
+        assert not set(p.get("select", [])) & (set(p["train"]) | set(p["held_out"])), intent
+    for kind, v in PHRASINGS.items():
+        assert not set(v["select"]) & (set(v["train"]) | set(v["held_out"])), kind
     for table in (NEAR_DOMAIN, UNSPELLABLE, FAR_COUNTS, OUT_OF_DOMAIN, PASSAGES):
         assert not set(table["train"]) & set(table["held_out"])
+        assert not set(table.get("select", [])) & (set(table["train"]) | set(table["held_out"]))

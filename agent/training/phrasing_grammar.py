@@ -178,15 +178,25 @@ def templates(kind: str) -> tuple[str, ...]:
         out = list(NEAR_SCENE)
     else:
         raise ValueError(f"no grammar for {kind}")
-    return tuple(t for t in dict.fromkeys(out) if t not in _held_out_templates())
+    return tuple(t for t in dict.fromkeys(out) if not reserved(t))
+
+
+def undecorated(text: str) -> set[str]:
+    """`text` and what it is without a leading filler and/or a trailing politeness ("um ... please")."""
+    heads = {text} | {text[len(p) + 1:] for p in PREFIXES if text.startswith(p + " ")}
+    return heads | {h[: -len(s) - 1] for h in heads for s in SUFFIXES if h.endswith(" " + s)}
+
+
+def reserved(template: str) -> bool:
+    """A held-out (test) or selection phrasing, possibly with a filler or politeness added: never trained on."""
+    return bool(undecorated(template) & _held_out_templates())
 
 
 def compose(kind: str, rng: random.Random, **values: str) -> str:
     """One training phrasing of `kind`, decorated with fillers, filled with `values`."""
-    held = _held_out_templates()
     for _ in range(50):  # a decoration may recreate a held-out phrasing: draw again
         template = _decorate(rng.choice(templates(kind)), rng)
-        if template not in held:
+        if not reserved(template):
             return template.format(**values)
     raise RuntimeError(f"could not draw a training phrasing of {kind} apart from the held-out ones")
 
@@ -195,13 +205,14 @@ def compose(kind: str, rng: random.Random, **values: str) -> str:
 def _held_out_templates() -> frozenset[str]:
     from agent.training.phrasing import NEAR_DOMAIN, PHRASINGS
 
-    return frozenset([*NEAR_DOMAIN["held_out"], *(t for v in PHRASINGS.values() for t in v["held_out"])])
+    return frozenset([*NEAR_DOMAIN["held_out"], *NEAR_DOMAIN["select"],
+                      *(t for v in PHRASINGS.values() for t in v["held_out"] + v["select"])])
 
 
 def greeting(intent: str, rng: random.Random) -> str:
     from agent.training.phrasing import GREETING_INTENTS
 
-    held = set(GREETING_INTENTS[intent][1]["held_out"])
+    held = set(GREETING_INTENTS[intent][1]["held_out"]) | set(GREETING_INTENTS[intent][1]["select"])
     while True:
         text = _decorate(rng.choice(GREETINGS[intent]), rng, p=0.15) if rng.random() < 0.5 else \
             rng.choice(GREETINGS[intent])
@@ -212,7 +223,7 @@ def greeting(intent: str, rng: random.Random) -> str:
 def out_of_domain(rng: random.Random) -> str:
     from agent.training.phrasing import OUT_OF_DOMAIN
 
-    held = set(OUT_OF_DOMAIN["held_out"])
+    held = set(OUT_OF_DOMAIN["held_out"]) | set(OUT_OF_DOMAIN["select"])
     while True:
         if rng.random() < 0.25:
             text = rng.choice(OOD_FIXED)

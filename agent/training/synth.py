@@ -165,14 +165,17 @@ VOICE_POOLS = {"base": TRAIN_USER_VOICES, "wide": WIDE_USER_VOICES, "wider": WID
 
 
 def synth_dataset(out: Path, count: int, seed: int, held_out: bool = False, vision: bool = True,
-                  voices: str = "base", augment: bool = False, mix: str = "classic") -> int:
+                  voices: str = "base", augment: bool = False, mix: str = "classic", room: float = 0.0) -> int:
     """Write `count` dialogues as shards of SHARD; skips shards that already exist (resumable).
 
     `voices` picks the training user-voice pool ("base": the 12 voices of the first shipped model, "wide": 200+,
     "wider": those plus festival and piper voices);
     `augment` warps each dialogue's user speech in tempo/pitch and varies its noise floor;
     `mix` "listen": 60% listening sessions (`make_session`: natural phrasings, refusals, several questions), 40%
-    classic dialogues (single questions, silences, barge-ins)."""
+    classic dialogues (single questions, silences, barge-ins);
+    `room` passes that share of the user tracks through a drawn room-and-microphone chain (`room.RoomAugment`)."""
+    from agent.training.room import RoomAugment
+
     pool = [HELD_OUT_VOICE] if held_out else VOICE_POOLS[voices]
     check_engines(pool + [AGENT_VOICE])
     out.mkdir(parents=True, exist_ok=True)
@@ -188,12 +191,15 @@ def synth_dataset(out: Path, count: int, seed: int, held_out: bool = False, visi
                 continue
             rng = random.Random(seed * 1_000_003 + s)
             aug = Augment(random.Random(seed * 7_919 + s)) if augment else None
+            acoustics = RoomAugment(random.Random(seed * 104_729 + s), room) if room > 0 else None
             items = []
             for _ in range(n):
                 if mix == "listen" and rng.random() < 0.6:
                     d = make_session(rng, tts, pool, "train", aug)
                 else:
                     d = make_dialogue(rng, tts, pool, vision, aug)
+                if acoustics is not None:
+                    d["user"], d["room"] = acoustics(d["user"])
                 d["user"], d["agent"] = _to_int16(d["user"]), _to_int16(d["agent"])
                 items.append(d)
                 bar.update()
