@@ -102,3 +102,43 @@ def test_fsdp_shards_and_updates_as_one_process(data, tmp_path):
     whole = log(one, summaries=True)[-1]["ranks"][0]["state_mb"]
     ranks = log(sharded, summaries=True)[-1]["ranks"]
     assert len(ranks) == 2 and all(r["state_mb"] < 0.6 * whole for r in ranks), (whole, ranks)
+
+
+def distill(run: Path, teacher: Path, student: Path, data: Path, steps: int, procs: int = 1) -> str:
+    args = ["train", "distill", "--teacher", str(teacher), "--student", str(student), "--data", str(data),
+            "--run-dir", str(run), "--steps", str(steps), "--batch", "4", "--frames", "16", "--save-every", "2",
+            "--threads", "1", "--hidden-weight", "0.5", "--lr", "1e-3"]
+    if procs == 1:
+        cmd = [sys.executable, "-m", "cli", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr",
+               "127.0.0.1", "--master-port", str(_free_port()), "-m", "cli", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def test_distillation_under_torchrun_updates_as_one_process_and_resumes_in_one(data, tmp_path):
+    """`duplex train distill` under torchrun (issue 28): two DDP ranks distil the converted student exactly as one
+    process does on the same global batch, rank 0 alone writes, and the two-rank checkpoint resumes in one process."""
+    from tests.test_hybrid_convert import _attention_folder
+
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    _attention_folder(teacher, vision=None, num_layers=3)
+    proc = subprocess.run([sys.executable, "-m", "cli", "convert", "hybrid", str(teacher), "--pattern", "MAA",
+                           "--out", str(student)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    one, two = tmp_path / "one", tmp_path / "two"
+    distill(one, teacher, student, data, 4, 1)
+    out = distill(two, teacher, student, data, 4, 2)
+    assert "DDP x 2, 2 rows per rank" in out
+    assert_same_weights(one, two)
+    assert [line for line in out.splitlines() if line.startswith("saved ")] == [
+        f"saved {two / 'distill.pt'} (step 2)", f"saved {two / 'distill.pt'} (step 4)"]
+    for a, b in zip(log(one), log(two)):
+        assert b["kl_text"] == pytest.approx(a["kl_text"], rel=1e-4) and b["world"] == 2
+    assert "written by 2 processes" in distill(two, teacher, student, data, 6, 1)
+    distill(one, teacher, student, data, 6, 1)
+    for x, y in zip(log(one)[4:], log(two)[4:]):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-4, abs=1e-6)
+    assert_same_weights(one, two)

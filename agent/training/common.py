@@ -82,3 +82,11 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+
+
+def append_log(path: Path, **fields) -> None:
+    """One JSON line of a run's log (RUN/log.jsonl): a step's figures, or a run's summary."""
+    import json
+
+    with path.open("a") as f:
+        f.write(json.dumps(fields) + "\n")

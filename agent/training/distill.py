@@ -3,7 +3,9 @@
 The teacher is frozen; on the same batches as `train lm` (teacher-forced, both streams) the student minimises
 the KL divergence from the teacher's text and audio distributions, optionally plus the distance between the
 teacher's and its own outputs of the converted layers (`--hidden-weight`: aligns the new Mamba2 mixers layer by
-layer first; then set it to 0 for end-to-end distillation). Checkpoints are atomic, a rerun resumes.
+layer first; then set it to 0 for end-to-end distillation). Checkpoints are atomic, a rerun resumes, at any
+world size: under `torchrun` every rank trains its slice of one seeded global batch (DDP, or FSDP2 with `--fsdp`),
+exactly as `duplex train lm` does (agent/training/distributed.py).
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from agent.training.common import (
     add_loop_args,
+    append_log,
     data_folders,
     load_checkpoint,
     optimizer_step,
-    pick_device,
     rng_state,
     save_checkpoint,
     seed_everything,
@@ -46,6 +49,11 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hidden-weight", type=float, default=0.0,
                    help="weight of the converted layers' output alignment (MSE to the teacher's layer outputs)")
     p.add_argument("--export", help="write the distilled model folder here")
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard the student (FSDP2 per backbone block) instead of a replica per rank")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (weights and optimizer stay float32)")
+    p.add_argument("--grad-checkpoint", action="store_true",
+                   help="recompute each student block in the backward pass (less memory, more compute)")
     p.set_defaults(handler=run)
 
 
@@ -105,22 +113,51 @@ def converted_layers(teacher_cfg, student_cfg) -> list[int]:
     return [i for i, (a, b) in enumerate(zip(teacher_cfg.layer_kinds, student_cfg.layer_kinds)) if a != b]
 
 
+class DistillObjective(nn.Module):
+    """The student as one module whose forward is the distillation loss: what DDP and FSDP wrap. The teacher is
+    held outside the module tree (frozen: never wrapped, never sharded, never saved; each rank has a replica)."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, temperature: float, hidden_weight: float,
+                 layers: list[int], sharded_blocks: list[nn.Module] = ()):
+        super().__init__()
+        self.student = student
+        self._teacher = (teacher,)
+        self.temperature, self.hidden_weight, self.layers = temperature, hidden_weight, layers
+        in_blocks = {id(p) for b in sharded_blocks for p in b.parameters()}
+        self._touched = {n for n, p in self.named_parameters() if p.requires_grad and id(p) not in in_blocks}
+
+    def forward(self, inputs, targets, images):
+        loss, parts = distill_loss(self._teacher[0], self.student, inputs, targets, images, self.temperature,
+                                   self.hidden_weight, self.layers)
+        # the image path gets a zero gradient in a batch without a picture, so that every rank reduces the same
+        # tensors (as in `train lm`); the KL is a mean over the positions of equal slices, so the ranks' mean
+        # gradient is one process's gradient on the whole batch
+        touch = sum(p.reshape(-1)[:1].sum() for n, p in self.named_parameters() if n in self._touched)
+        return loss + 0 * touch, parts
+
+
 def run(args) -> int:
     from agent.bundle import MANIFEST
     from agent.errors import UserFacingError
     from agent.registry import resolve
+    from agent.training.distributed import full_state, init_distributed, load_full_state, memory_figures, wrap
     from agent.training.lm_data import load_or_encode
-    from agent.training.lm_train import Batcher
+    from agent.training.lm_train import Batcher, save_weights
     from models.codec import load_codec
-    from models.lm import load_lm, save_lm
+    from models.lm import load_lm
     from models.lm.tokenizer import TextTokenizer
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    ctx = init_distributed(args.device)
+    device = ctx.device
+    if args.batch % ctx.world:
+        raise UserFacingError(f"--batch {args.batch} must be a multiple of the number of processes ({ctx.world})")
+    say = print if ctx.main else (lambda *a, **k: None)
     teacher_files, student_files = resolve(args.teacher), resolve(args.student)
     if student_files.tokenizer is None:
         raise UserFacingError(f"{student_files.folder} has no tokenizer: distil a folder from `duplex convert`")
+    seed_everything(args.seed)
     teacher = load_lm(teacher_files.lm, cfg=teacher_files.lm_config, device=device, dtype=torch.float32).eval()
     student = load_lm(student_files.lm, device=device, dtype=torch.float32).train()
     for p in teacher.parameters():
@@ -132,50 +169,80 @@ def run(args) -> int:
     codec = load_codec(student_files.codec, device=device, num_codebooks=student.cfg.user_streams)
     tokenizer = TextTokenizer(student_files.tokenizer)
     run_dir = Path(args.run)
-    seed_everything(args.seed)
     image_size = student.image_encoder.cfg.image_size if student.image_encoder is not None else 64
-    examples = load_or_encode(data_folders(args.data), run_dir / "examples.pt", codec, tokenizer, image_size)
+
+    def examples_now():
+        return load_or_encode(data_folders(args.data), run_dir / "examples.pt", codec, tokenizer, image_size)
+
+    examples = examples_now() if ctx.main else None  # rank 0 encodes and caches; the others read its cache
+    ctx.barrier()
+    examples = examples if examples is not None else examples_now()
     with torch.no_grad():
         silence = codec.encode(torch.zeros(1, 1, codec.frame_size * 4, device=device))[0, :, -1].cpu()
-    rng = random.Random(args.seed)
+    rng = random.Random(args.seed)  # the global batch sampler: the same stream on every rank and world size
     batcher = Batcher(examples, student.cfg, silence, args.frames + 1, rng)
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=args.lr, betas=(0.9, 0.95),
-                            weight_decay=0.0)
+    student.checkpoint_layers = args.grad_checkpoint
+    blocks = [layer for layer in student.transformer.layers if layer.cross_attention is None]
+    objective = DistillObjective(student, teacher, args.temperature, args.hidden_weight, layers,
+                                 blocks if args.fsdp else [])
+    trained = wrap(objective, ctx, fsdp=args.fsdp, blocks=blocks)
+    params = [p for p in trained.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     warm = min(100, args.steps // 10 + 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warm, args.steps))
     step = 0
     ckpt_path = run_dir / "distill.pt"
     ckpt = load_checkpoint(ckpt_path)
     if ckpt is not None:
-        student.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
+        model_sd = {f"student.{k}": v for k, v in ckpt["model"].items()}
+        if ckpt.get("format", 1) >= 2:
+            load_full_state(trained, opt, model_sd, ckpt["opt"], ctx, args.fsdp)
+        else:  # written before distributed distillation: optimizer state keyed by parameter order
+            load_full_state(trained, None, model_sd, None, ctx, args.fsdp)
+            opt.load_state_dict(ckpt["opt"])
         sched.load_state_dict(ckpt["sched"])
         step = ckpt["step"]
         set_rng_state(ckpt["rng"])
         rng.setstate(ckpt["batch_rng"])
-        print(f"resumed from {ckpt_path} at step {step}")
-    print(f"teacher {teacher_files.name} ({teacher.cfg.layer_kinds}), student {student_files.name} "
-          f"({student.cfg.layer_kinds}; converted layers {layers}), {len(examples)} dialogues, device {device}")
+        say(f"resumed from {ckpt_path} at step {step}" + (f" (written by {ckpt['world']} processes)"
+                                                          if ckpt.get("world", 1) != ctx.world else ""))
+    mode = "FSDP" if args.fsdp and ctx.enabled else "DDP" if ctx.enabled else "one process"
+    say(f"teacher {teacher_files.name} ({teacher.cfg.layer_kinds}), student {student_files.name} "
+        f"({student.cfg.layer_kinds}; converted layers {layers}), {len(examples)} dialogues, device {device}, "
+        f"{mode}" + (f" x {ctx.world}, {args.batch // ctx.world} rows per rank" if ctx.enabled else ""))
 
     def save():
-        save_checkpoint(ckpt_path, model=student.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(),
-                        step=step, rng=rng_state(), batch_rng=rng.getstate())
-        save_lm(student, run_dir / "lm.safetensors")
+        model_sd, opt_sd = full_state(trained, opt, ctx, args.fsdp)  # every rank takes part; rank 0 writes
+        if not ctx.main:
+            return
+        student_sd = {k[len("student."):]: v for k, v in model_sd.items() if k.startswith("student.")}
+        save_checkpoint(ckpt_path, model=student_sd, opt=opt_sd, sched=sched.state_dict(), step=step,
+                        rng=rng_state(), batch_rng=rng.getstate(), format=2, world=ctx.world)
+        save_weights(student, student_sd, None, run_dir)
+        tqdm.write(f"saved {ckpt_path} (step {step})")
 
+    log = run_dir / "log.jsonl"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
     t0 = time.time()
-    with tqdm(total=args.steps, initial=step, desc="distill", unit="step") as bar:
+    with tqdm(total=args.steps, initial=step, desc="distill", unit="step", disable=not ctx.main) as bar:
         while step < args.steps:
-            inputs, targets, images, _ = batcher.batch(args.batch)
-            loss, parts = distill_loss(teacher, student, inputs.to(device), targets.to(device), images,
-                                       args.temperature, args.hidden_weight, layers)
-            optimizer_step(loss, opt, sched, student.parameters())
+            inputs, targets, images, _ = Batcher.rows(batcher.batch(args.batch), ctx.slice(args.batch))
+            with autocast:
+                loss, parts = trained(inputs.to(device), targets.to(device), images)
+            optimizer_step(loss, opt, sched, params)
             step += 1
+            parts = ctx.mean({"loss": float(loss.detach()), **parts})
             bar.update()
-            bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
+            bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items() if k != "loss"})
+            if ctx.main:
+                append_log(log, step=step, lr=sched.get_last_lr()[0], world=ctx.world,
+                            **{k: round(v, 6) for k, v in parts.items()})
             if step % args.save_every == 0 or step == args.steps:
                 save()
-    print(f"done: step {step}, {time.time() - t0:.0f} s this run")
-    if args.export:
+    memory = ctx.gather(memory_figures(trained, opt))
+    say(f"done: step {step}, {time.time() - t0:.0f} s this run; per rank: "
+        + ", ".join(f"state {m['state_mb']:.0f} MB, peak RSS {m['peak_rss_mb']:.0f} MB" for m in memory))
+    if args.export and ctx.main:
         out = Path(args.export)
         out.mkdir(parents=True, exist_ok=True)
         for f in (student_files.codec, student_files.tokenizer, student_files.folder / MANIFEST):
@@ -187,4 +254,5 @@ def run(args) -> int:
                                                   f"({step} steps)")
         (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         print(f"exported the distilled model folder to {out}")
+    ctx.close()
     return 0

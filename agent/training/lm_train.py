@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from agent.training.common import (
     add_loop_args,
+    append_log,
     data_folders,
     load_checkpoint,
     optimizer_step,
@@ -497,7 +498,7 @@ def run(args) -> int:
             extra["lora"] = vars(lora)
         save_checkpoint(ckpt_path, model=lm_sd, opt=opt_sd, sched=sched.state_dict(), step=step, rng=rng_state(),
                         batch_rng=rng.getstate(), format=2, world=ctx.world, **extra)
-        _save_weights(model, lm_sd, lora, run_dir)
+        save_weights(model, lm_sd, lora, run_dir)
         tqdm.write(f"saved {ckpt_path} (step {step})")
 
     log = run_dir / "log.jsonl"
@@ -523,7 +524,7 @@ def run(args) -> int:
             bar.update()
             bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items() if k != "loss"})
             if ctx.main:
-                _append_log(log, step=step, lr=sched.get_last_lr()[0], world=ctx.world,
+                append_log(log, step=step, lr=sched.get_last_lr()[0], world=ctx.world,
                             frames_per_s=round(args.batch * args.frames / (time.perf_counter() - t_step), 1),
                             **{k: round(v, 6) for k, v in parts.items()})
             if step % args.save_every == 0 or step == args.steps:
@@ -534,7 +535,7 @@ def run(args) -> int:
         + "; per rank: " + ", ".join(f"state {m['state_mb']:.0f} MB, peak RSS {m['peak_rss_mb']:.0f} MB"
                                      for m in memory))
     if ctx.main and frames_done:
-        _append_log(log, summary=True, step=step, world=ctx.world, mode=mode, seconds=round(took, 2),
+        append_log(log, summary=True, step=step, world=ctx.world, mode=mode, seconds=round(took, 2),
                     frames_per_s=round(frames_done / took, 1), ranks=memory)
     if args.export and ctx.main:
         export_bundle(Path(args.export), codec_path, run_dir / "lm.safetensors", tok_path,
@@ -564,14 +565,7 @@ def _export_adapter(folder: Path, run_dir: Path, lora, base: str | None) -> None
                            lora.scale, f"LoRA rank {lora.rank} adapter of {base}")
 
 
-def _append_log(path: Path, **fields) -> None:
-    import json
-
-    with path.open("a") as f:
-        f.write(json.dumps(fields) + "\n")
-
-
-def _save_weights(model: nn.Module, lm_sd: dict, lora, run_dir: Path) -> None:
+def save_weights(model: nn.Module, lm_sd: dict, lora, run_dir: Path) -> None:
     """RUN/lm.safetensors: the weights a model folder ships (LoRA merged in), and with LoRA RUN/adapter.safetensors."""
     from models.lm import LMModel, save_lm
     from models.lm.lora import adapter_state_dict, add_lora, merge_lora
