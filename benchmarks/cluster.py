@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.moshi_client import RATE, converse
+from benchmarks.ports import free_port
 
 BIN = Path(sys.executable).parent
 EXAMPLE = Path(__file__).resolve().parents[1] / "agent" / "examples" / "what_do_you_see.wav"
@@ -41,12 +41,6 @@ class ClusterBench:
     sessions_1_replica: int = 0
     sessions_2_replicas: int = 0
     levels: dict = field(default_factory=dict)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_health(port: int, timeout: float = 300) -> None:
@@ -129,7 +123,7 @@ async def _max_sessions(port: int, speech: np.ndarray, limit: int, log: dict, na
 
 class _RayCluster:
     def __init__(self, cpus: int):
-        self.gcs, self.port = _free_port(), _free_port()
+        self.gcs, self.port = free_port(), free_port()
         self.tmp = tempfile.mkdtemp(prefix="duplex-ray-")
         self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
         self.ray = shutil.which("ray", path=str(BIN)) or "ray"
@@ -167,7 +161,7 @@ def run_cluster_bench(args) -> int:
     out = ClusterBench()
 
     print(f"plain `duplex serve` (1 engine, {args.slots} slots) ...", flush=True)
-    port = _free_port()
+    port = free_port()
     plain = subprocess.Popen([str(BIN / "duplex"), "serve", "--model", args.model, "--port", str(port),
                               "--max-sessions", str(args.slots), "--device", "cpu"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

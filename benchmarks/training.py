@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -14,13 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train(data: Path, run: Path, procs: int, threads: int, args, *extra: str) -> dict:
@@ -33,7 +28,7 @@ def _train(data: Path, run: Path, procs: int, threads: int, args, *extra: str) -
         cmd = [sys.executable, "-m", "cli", *cmd_args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr",
-               "127.0.0.1", "--master-port", str(_free_port()), "-m", "cli", *cmd_args]
+               "127.0.0.1", "--master-port", str(free_port()), "-m", "cli", *cmd_args]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode:

@@ -61,28 +61,46 @@ button{{font:inherit;padding:.5rem 1rem;background:#4aa3ff;color:#fff;border:0;b
 <button>Open</button></form></body></html>"""
 
 
-def _token_page(wrong: bool) -> web.Response:
-    message = ("Wrong token: check it with whoever runs this server." if wrong else
-               "This server needs a token: enter the one you were given.")
-    return web.Response(text=TOKEN_PAGE.format(message=message), content_type="text/html", status=401)
+@dataclass
+class Denial:
+    """Why a request may not pass the token check, as any web framework answers it."""
+
+    status: int  # 401 (missing or wrong token) or 429 (too many wrong guesses from this address)
+    json: dict | None = None
+    html: str | None = None  # the token page, for a person at "/"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def token_denial(state: ServerState, ip: str, query, headers, page: bool = False) -> Denial | None:
+    """The one token decision of both servers (`duplex serve` and the Ray Serve replicas); None: let it pass."""
+    if state.token is None:
+        return None
+    wait = state.auth.retry_after(ip)
+    if wait > 0:
+        return Denial(429, json={"error": f"too many wrong tokens; retry in {wait:.0f} s"},
+                      headers={"Retry-After": str(max(1, round(wait)))})
+    offered = credentials(query, headers)
+    if state.auth.check(ip, offered):
+        return None
+    log.info("wrong or missing token from %s", ip)
+    if page:  # a person at the page: say what is wrong, in the page's own words
+        message = ("Wrong token: check it with whoever runs this server." if any(offered) else
+                   "This server needs a token: enter the one you were given.")
+        return Denial(401, html=TOKEN_PAGE.format(message=message))
+    return Denial(401, json={"error": "missing or wrong token (?token=, ?worker_auth_id= for Moshi clients, or "
+                                      "Authorization: Bearer)"})
 
 
 def _middlewares(state: ServerState):
     @web.middleware
     async def guard(request: web.Request, handler):
-        if state.token is not None and request.path not in PUBLIC_PATHS:
-            ip = request.remote or "?"
-            wait = state.auth.retry_after(ip)
-            if wait > 0:
-                return web.json_response({"error": f"too many wrong tokens; retry in {wait:.0f} s"}, status=429,
-                                         headers={"Retry-After": str(max(1, round(wait)))})
-            offered = credentials(request.query, request.headers)
-            if not state.auth.check(ip, offered):
-                log.info("wrong or missing token from %s for %s", ip, request.path)
-                if request.path == "/":  # a person at the page: say what is wrong, in the page's own words
-                    return _token_page(wrong=any(offered))
-                return web.json_response({"error": "missing or wrong token (?token=, ?worker_auth_id= for Moshi "
-                                                   "clients, or Authorization: Bearer)"}, status=401)
+        if request.path not in PUBLIC_PATHS:
+            denied = token_denial(state, request.remote or "?", request.query, request.headers,
+                                  page=request.path == "/")
+            if denied is not None:
+                if denied.html is not None:
+                    return web.Response(text=denied.html, content_type="text/html", status=denied.status)
+                return web.json_response(denied.json, status=denied.status, headers=denied.headers)
         try:
             return await handler(request)
         except web.HTTPException:

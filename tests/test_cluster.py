@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,18 +22,13 @@ pytest.importorskip("sphn")
 
 from agent.audio import load_audio  # noqa: E402
 from benchmarks.moshi_client import Conversation, converse  # noqa: E402
+from benchmarks.ports import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 QUESTION = ROOT / "agent" / "examples" / "what_do_you_see.wav"
 pytestmark = pytest.mark.skipif(shutil.which("ray", path=str(BIN)) is None and shutil.which("ray") is None,
                                 reason="ray CLI not installed")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # Ray's token authentication, as `ray start` sets it up by default: every process that joins must use it
@@ -64,7 +58,7 @@ def _health(port: int) -> dict:
 @pytest.fixture(scope="module")
 def cluster():
     _ray("stop", "--force")
-    gcs, port = _free_port(), _free_port()
+    gcs, port = free_port(), free_port()
     started = _ray("start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
                    "--include-dashboard=false",
                    "--disable-usage-stats")

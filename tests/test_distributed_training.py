@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+
+from benchmarks.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CODEC = ROOT / "agent" / "weights" / "default" / "codec.safetensors"
@@ -25,12 +26,6 @@ def _env() -> dict:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def train(run: Path, data: Path, steps: int, procs: int = 1, *extra: str) -> str:
     args = ["train", "lm", "--data", str(data), "--codec", str(CODEC), "--run-dir", str(run), "--steps", str(steps),
             "--batch", "4", "--frames", "16", "--save-every", "2", "--threads", "1", *extra]
@@ -38,7 +33,7 @@ def train(run: Path, data: Path, steps: int, procs: int = 1, *extra: str) -> str
         cmd = [sys.executable, "-m", "cli", *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr",
-               "127.0.0.1", "--master-port", str(_free_port()), "-m", "cli", *args]
+               "127.0.0.1", "--master-port", str(free_port()), "-m", "cli", *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
@@ -112,7 +107,7 @@ def distill(run: Path, teacher: Path, student: Path, data: Path, steps: int, pro
         cmd = [sys.executable, "-m", "cli", *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr",
-               "127.0.0.1", "--master-port", str(_free_port()), "-m", "cli", *args]
+               "127.0.0.1", "--master-port", str(free_port()), "-m", "cli", *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr

@@ -133,23 +133,14 @@ def _replica_class():
 
         # -- endpoints ----------------------------------------------------------------------------------------
         def _denied(self, ip: str, query, headers, page: bool = False) -> Response | None:
-            from frontends.server import _token_page, credentials
+            from frontends.server import token_denial
 
-            state = self.state
-            if state.token is None:
+            denied = token_denial(self.state, ip, query, headers, page)
+            if denied is None:
                 return None
-            wait = state.auth.retry_after(ip)
-            if wait > 0:
-                return JSONResponse({"error": f"too many wrong tokens; retry in {wait:.0f} s"}, status_code=429,
-                                    headers={"Retry-After": str(max(1, round(wait)))})
-            offered = credentials(query, headers)
-            if state.auth.check(ip, offered):
-                return None
-            if page:
-                wrong = _token_page(wrong=any(offered))
-                return Response(wrong.text, status_code=401, media_type="text/html")
-            return JSONResponse({"error": "missing or wrong token (?token=, ?worker_auth_id= for Moshi clients, "
-                                          "or Authorization: Bearer)"}, status_code=401)
+            if denied.html is not None:
+                return Response(denied.html, status_code=denied.status, media_type="text/html")
+            return JSONResponse(denied.json, status_code=denied.status, headers=denied.headers)
 
         @api.get("/")
         async def index(self, request: Request):
