@@ -26,9 +26,8 @@ def _env() -> dict:
     return env
 
 
-def train(run: Path, data: Path, steps: int, procs: int = 1, *extra: str) -> str:
-    args = ["train", "lm", "--data", str(data), "--codec", str(CODEC), "--run-dir", str(run), "--steps", str(steps),
-            "--batch", "4", "--frames", "16", "--save-every", "2", "--threads", "1", *extra]
+def run_cli(args: list[str], procs: int) -> str:
+    """`python -m cli ARGS` in one process, or under torchrun with `procs` processes; its output."""
     if procs == 1:
         cmd = [sys.executable, "-m", "cli", *args]
     else:
@@ -37,6 +36,12 @@ def train(run: Path, data: Path, steps: int, procs: int = 1, *extra: str) -> str
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
+
+
+def train(run: Path, data: Path, steps: int, procs: int = 1, *extra: str) -> str:
+    args = ["train", "lm", "--data", str(data), "--codec", str(CODEC), "--run-dir", str(run), "--steps", str(steps),
+            "--batch", "4", "--frames", "16", "--save-every", "2", "--threads", "1", *extra]
+    return run_cli(args, procs)
 
 
 def log(run: Path, summaries: bool = False) -> list[dict]:
@@ -103,14 +108,7 @@ def distill(run: Path, teacher: Path, student: Path, data: Path, steps: int, pro
     args = ["train", "distill", "--teacher", str(teacher), "--student", str(student), "--data", str(data),
             "--run-dir", str(run), "--steps", str(steps), "--batch", "4", "--frames", "16", "--save-every", "2",
             "--threads", "1", "--hidden-weight", "0.5", "--lr", "1e-3"]
-    if procs == 1:
-        cmd = [sys.executable, "-m", "cli", *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr",
-               "127.0.0.1", "--master-port", str(free_port()), "-m", "cli", *args]
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout + proc.stderr
+    return run_cli(args, procs)
 
 
 def test_distillation_under_torchrun_updates_as_one_process_and_resumes_in_one(data, tmp_path):
