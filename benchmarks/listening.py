@@ -47,6 +47,8 @@ TEST_SETS = [
     SetSpec("out_of_domain", "held_out", 60, ["refuse_out", "passage"], 0.5, goal="<= 5% invented answers"),
     SetSpec("no_image", "held_out", 30, ["see", "colour", "howmany"], 0.0, goal="'nothing' or refusal"),
     SetSpec("session", "listed", 6, IN_DOMAIN, 0.6, turns=12, goal="questions 10-12 within 3 points of the 1st"),
+    SetSpec("long_session", "listed", 24, IN_DOMAIN, 0.6, turns=20,
+            goal="questions 10-20 within 3 points of the 1st"),
 ]
 SELECTION_SETS = [SetSpec("selection", "listed", 120, IN_DOMAIN + ["refuse_near", "refuse_out", "passage"], 0.6),
                   SetSpec("selection_rewordings", "select", 96, IN_DOMAIN + ["refuse_near", "refuse_out"], 0.6)]
@@ -62,23 +64,25 @@ def build_set(spec: SetSpec, seed: int, voices=None) -> list[dict]:
     for _ in range(spec.count):
         kinds = [rng.choice(spec.kinds) for _ in range(spec.turns)]
         d = make_session(rng, tts, voices or [HELD_OUT_VOICE], spec.split, scene_p=spec.scene_p, kinds=kinds)
-        if spec.name == "session":  # long sessions: questions minutes apart are still answered
-            d = _spread(d, rng)
+        if spec.turns > 1:  # long sessions: questions seconds or minutes apart are still answered
+            d = _spread(d, rng, minutes=spec.name == "long_session")
         d["user"] = (np.clip(d["user"], -1, 1) * 32767).astype(np.int16)
         d["set"] = spec.name
         out.append(d)
     return out
 
 
-def _spread(d: dict, rng: random.Random) -> dict:
-    """Stretch some gaps between a session's turns to many seconds of (noisy) silence."""
+def _spread(d: dict, rng: random.Random, minutes: bool = False) -> dict:
+    """Stretch some gaps between a session's turns to many seconds of (noisy) silence (`minutes`: a few of them
+    to one or two minutes, as when a user comes back to a conversation left open)."""
     user, turns = d["user"], d["turns"]
     pieces, shift, last = [], 0, 0
     for t in turns[1:]:
         cut = t["user_start"] - int(0.2 * RATE)
         pieces.append(user[last:cut])
-        if rng.random() < 0.3:
-            extra = int(rng.uniform(5, 20) * RATE)
+        roll = rng.random()
+        if roll < 0.3 or (minutes and roll > 0.95):
+            extra = int((rng.uniform(5, 20) if roll < 0.3 else rng.uniform(60, 120)) * RATE)
             pieces.append(np.random.default_rng(rng.randrange(1 << 30)).normal(0, 0.002, extra).astype(np.float32))
             shift += extra
         last = cut
@@ -131,6 +135,11 @@ def score_turns(dialogues: list[dict], results) -> list[dict]:
     return rows
 
 
+def _position_share(by_pos: dict[int, list[bool]], lo: int, hi: int) -> str:
+    got = [v for p, vs in by_pos.items() if lo <= p < hi for v in vs]
+    return f"{np.mean(got) * 100:.0f}% of {len(got)}" if got else "-"
+
+
 def summarize(rows: list[dict]) -> list[tuple[str, str, str]]:
     """(set, figure, detail) lines for the report."""
     lines = []
@@ -144,13 +153,13 @@ def summarize(rows: list[dict]) -> list[tuple[str, str, str]]:
             share = {o: np.mean([r["outcome"] == o for r in rs]) * 100 for o in ("refusal", "silent")}
             invented = np.mean([r["outcome"] in ("exact", "other", "nothing") for r in rs]) * 100
             detail = f"invented answers {invented:.0f}%, refused {share['refusal']:.0f}%, silent {share['silent']:.0f}%"
-        elif name == "session":
-            by_pos = {}
+        elif name in ("session", "long_session"):
+            by_pos: dict[int, list[bool]] = {}
             for r in rs:
                 by_pos.setdefault(r["position"], []).append(r["ok"])
-            first = np.mean(by_pos.get(0, [0])) * 100
-            late = np.mean([v for p, vs in by_pos.items() if p >= 9 for v in vs] or [0]) * 100
-            detail = f"question 1: {first:.0f}%, questions 10-12: {late:.0f}%"
+            last = max(by_pos) + 1
+            detail = (f"question 1: {_position_share(by_pos, 0, 1)}, questions 2-9: {_position_share(by_pos, 1, 9)}, "
+                      f"questions 10-{last}: {_position_share(by_pos, 9, last)}")
         else:
             kinds: dict[str, list[bool]] = {}
             for r in rs:
