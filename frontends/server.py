@@ -112,6 +112,15 @@ def _middlewares(state: ServerState):
     return [guard]
 
 
+def health_report(state: ServerState, agent) -> dict:
+    """What /health says, the same for `duplex serve` and each Ray Serve replica (which adds its id)."""
+    return {"status": "ok", "model": agent.bundle.name, "backend": agent.config.backend,
+            "sessions": agent.engine.sessions, "max_sessions": agent.config.max_sessions,
+            **agent.capacity().as_dict(), "vision": state.vision_enabled,
+            "engines": [c.as_dict() for c in agent.engine_capacities()],
+            "webrtc_peers": len(state.peers), "websockets": len(state.websockets)}
+
+
 def accept_client_report(state: ServerState, body: bytes) -> tuple[int, dict]:
     """The page's own report of what it got: kept (last 32) and logged; (HTTP status, JSON answer)."""
     limit = state.limits.max_report_bytes
@@ -146,13 +155,7 @@ def build_app(agent: Agent, token: str | None = None, ice_servers: list[str] | N
         return web.json_response({"status": "ok"})
 
     async def health(request: web.Request) -> web.StreamResponse:
-        eng = agent.engine
-        cap = agent.capacity()
-        return web.json_response({"status": "ok", "model": agent.bundle.name, "backend": agent.config.backend,
-                                  "sessions": eng.sessions, "max_sessions": agent.config.max_sessions,
-                                  **cap.as_dict(), "vision": state.vision_enabled,
-                                  "engines": [c.as_dict() for c in agent.engine_capacities()],
-                                  "webrtc_peers": len(state.peers), "websockets": len(state.websockets)})
+        return web.json_response(health_report(state, agent))
 
     async def client_report(request: web.Request) -> web.StreamResponse:
         status, answer = accept_client_report(state, await request.content.read(limits.max_report_bytes + 1))

@@ -160,13 +160,10 @@ def _replica_class():
             denied = self._denied(ip, request.query_params, request.headers)
             if denied:
                 return denied
+            from frontends.server import health_report
+
             await self._start()
-            cap = self.agent.capacity()
-            return JSONResponse({"status": "ok", "model": self.agent.bundle.name,
-                                 "backend": self.agent.config.backend, "replica": self.replica_id,
-                                 "sessions": self.agent.engine.sessions, **cap.as_dict(),
-                                 "vision": self.state.vision_enabled, "websockets": len(self.state.websockets),
-                                 "webrtc_peers": len(self.state.peers)},
+            return JSONResponse({**health_report(self.state, self.agent), "replica": self.replica_id},
                                 headers={REPLICA_HEADER: self.replica_id})
 
         @api.post("/offer")
