@@ -1,11 +1,11 @@
 """Real human speech that Debian packages ship, for test sets only (never training, never checkpoint choice).
 
-Two real speakers' recordings exist offline here, so they are kept out of everything but testing:
+A few real speakers' recordings exist offline here, so they are kept out of everything but testing:
 
-- **out of domain**: Debian's pocketsphinx-testdata (LibriVox readings, spoken card names, robot commands) and
-  the Asterisk PBX prompts of `asterisk-core-sounds-en-wav` (Allison Smith, CC-BY-SA-3.0: "all circuits are
-  busy now", "please hold while I try that number"). None is a question the model can answer: each must get
-  the refusal or silence.
+- **out of domain**: Debian's pocketsphinx-testdata (LibriVox readings, spoken card names, robot commands),
+  alsa-utils' speaker-test voice ("front left", "rear center") and its pink noise, and the Asterisk PBX prompts
+  of `asterisk-core-sounds-en-wav` (Allison Smith, CC-BY-SA-3.0: "all circuits are busy now", "please hold
+  while I try that number"). None is a question the model can answer: each must get the refusal or silence.
 - **in domain, a real voice**: the Asterisk prompts include isolated words a question can be built from - the
   digits, "plus", "minus", "hello", "goodbye" - so "two plus three" said by a real person (spliced from her
   recorded words, with short pauses) is a question of its own domain in a kind of voice no training voice is.
@@ -23,6 +23,7 @@ from models.codec import SAMPLE_RATE as RATE
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 POCKETSPHINX = Path("/usr/share/pocketsphinx/test/data")
 ASTERISK = Path("/usr/share/asterisk/sounds/en")
+ALSA = Path("/usr/share/sounds/alsa")  # alsa-utils' speaker-test voice ("front left", ...) and its pink noise
 # prompts that are tones, or that a greeting answer would rightly follow ("hello", "thank you", "goodbye")
 _NOT_OUT_OF_DOMAIN = ("beep", "tone", "hello", "bye", "thank", "silence")
 
@@ -62,7 +63,7 @@ def _dialogue(kind: str, name: str, x: np.ndarray, answer: str = "", key: list[s
 def out_of_domain_recordings(asterisk_limit: int = 100, max_seconds: float = 12.0) -> list[dict]:
     """Real recordings not meant for the model (kind "real"): refusal or silence is right."""
     files = sorted(LIBRIVOX.glob("*.wav")) + sorted((POCKETSPHINX / "cards").glob("*.wav"))
-    files += sorted(POCKETSPHINX.glob("*.raw"))
+    files += sorted(POCKETSPHINX.glob("*.raw")) + sorted(ALSA.glob("*.wav"))
     prompts = [p for p in sorted(ASTERISK.glob("*.wav")) if not any(w in p.stem for w in _NOT_OUT_OF_DOMAIN)]
     if len(prompts) > asterisk_limit:  # an even spread over the alphabet (voicemail, conference, queue...)
         step = len(prompts) / asterisk_limit

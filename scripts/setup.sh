@@ -7,15 +7,15 @@ cd "$(dirname "$0")/.."
 TRAIN=0; [ "${1:-}" = "--train" ] && TRAIN=1
 if command -v apt-get >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  PKGS="libportaudio2 pocketsphinx-testdata asterisk-core-sounds-en-wav espeak-ng flite chromium"
+  PKGS="libportaudio2 pocketsphinx-testdata asterisk-core-sounds-en-wav alsa-utils espeak-ng flite chromium"
   [ "$TRAIN" = 1 ] && PKGS="$PKGS festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts"
   missing=""
   for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
   if [ -n "$missing" ]; then
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get update -qq
-    # libportaudio2: sounddevice (live audio); pocketsphinx-testdata, asterisk-core-sounds-en-wav: real human
-    # speech, for test sets only; espeak-ng/flite: TTS data; chromium: the headless browser test of the WebRTC page.
+    # libportaudio2: sounddevice (live audio); pocketsphinx-testdata, asterisk-core-sounds-en-wav, alsa-utils:
+    # real human speech, for test sets only; espeak-ng/flite: TTS data; chromium: the headless browser test of the WebRTC page.
     $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
   fi
 fi
