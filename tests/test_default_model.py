@@ -88,3 +88,29 @@ def test_declines_an_unrelated_request_and_answers_reworded_questions():
     assert said[0] in ("", REFUSAL), said[0]  # no invented answer
     for (question, expected), got in zip(asked[1:], said[1:]):
         assert got == expected, (question, got)
+
+
+LIBRIVOX = "/usr/share/pocketsphinx/test/data/librivox/sense_and_sensibility_01_austen_64kb-0870.wav"
+
+
+@pytest.mark.skipif(not __import__("os").path.exists(LIBRIVOX), reason="pocketsphinx-testdata not installed")
+def test_readmes_main_command_answers_and_a_reading_gets_no_invented_answer(tmp_path):
+    """The README's main command as a user runs it: the shipped question and camera picture give the right answer
+    in the text file; the LibriVox reading the README also names (not addressed to it) gets the refusal or
+    silence, never an invented sum or spelling."""
+    from pathlib import Path
+
+    from agent.training.phrasing import REFUSAL
+    from cli.main import main
+
+    examples = Path(__file__).resolve().parents[1] / "agent" / "examples"
+
+    def said(*args: str) -> str:
+        text = tmp_path / "reply.txt"
+        assert main(["run", *args, "--output", str(tmp_path / "reply.wav"), "--text", str(text), "--quiet"]) == 0
+        utterances = [line.split("] ", 1)[1] for line in text.read_text().splitlines() if line.startswith("[")]
+        return " ".join(" ".join(utterances).split())
+
+    got = said("--input", str(examples / "what_do_you_see.wav"), "--image", str(examples / "three_red_circles.png"))
+    assert got == "i see three red circles", got
+    assert said("--input", LIBRIVOX) in ("", REFUSAL)
