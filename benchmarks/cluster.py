@@ -14,13 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,8 +22,8 @@ import numpy as np
 
 from benchmarks.moshi_client import RATE, converse
 from benchmarks.ports import free_port
+from benchmarks.ray_cluster import BIN, LocalRayCluster, wait_health
 
-BIN = Path(sys.executable).parent
 EXAMPLE = Path(__file__).resolve().parents[1] / "agent" / "examples" / "what_do_you_see.wav"
 
 
@@ -41,17 +35,6 @@ class ClusterBench:
     sessions_1_replica: int = 0
     sessions_2_replicas: int = 0
     levels: dict = field(default_factory=dict)
-
-
-def _wait_health(port: int, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
-                return
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError(f"no server on port {port} after {timeout:.0f} s")
 
 
 async def _ping_rtts(port: int, seconds: float, speech: np.ndarray) -> list[float]:
@@ -121,32 +104,6 @@ async def _max_sessions(port: int, speech: np.ndarray, limit: int, log: dict, na
     return best
 
 
-class _RayCluster:
-    def __init__(self, cpus: int):
-        self.gcs, self.port = free_port(), free_port()
-        self.tmp = tempfile.mkdtemp(prefix="duplex-ray-")
-        self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
-        self.ray = shutil.which("ray", path=str(BIN)) or "ray"
-        subprocess.run([self.ray, "start", "--head", f"--port={self.gcs}", "--node-ip-address=127.0.0.1",
-                        f"--num-cpus={cpus}", "--include-dashboard=false", "--disable-usage-stats"],
-                       check=True, capture_output=True, env=self.env, timeout=180)
-
-    def deploy(self, model: str, replicas: int, slots: int, cpus_per_replica: float) -> None:
-        subprocess.run([str(BIN / "duplex"), "serve", "--ray", "--address", f"127.0.0.1:{self.gcs}", "--detach",
-                        "--model", model, "--replicas", str(replicas), "--slots-per-replica", str(slots),
-                        "--cpus-per-replica", str(cpus_per_replica), "--port", str(self.port), "--device", "cpu"],
-                       check=True, capture_output=True, env=self.env, timeout=600)
-        _wait_health(self.port)
-        deadline = time.monotonic() + 300
-        seen: set[str] = set()
-        while len(seen) < replicas and time.monotonic() < deadline:  # every replica answers
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=10) as r:
-                seen.add(json.loads(r.read())["replica"])
-
-    def stop(self) -> None:
-        subprocess.run([self.ray, "stop", "--force"], capture_output=True, env=self.env, timeout=120)
-
-
 def run_cluster_bench(args) -> int:
     from agent.audio import load_audio
     from agent.errors import UserFacingError
@@ -166,23 +123,23 @@ def run_cluster_bench(args) -> int:
                               "--max-sessions", str(args.slots), "--device", "cpu"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_health(port)
+        wait_health(port)
         out.ping_ms_plain = float(np.median(asyncio.run(_ping_rtts(port, args.seconds, speech))))
     finally:
         plain.terminate()
         plain.wait(30)
 
     print("Ray Serve (ray start --head; duplex serve --ray --detach) ...", flush=True)
-    cluster = _RayCluster(cpus=args.cpus)
+    cluster = LocalRayCluster(cpus=args.cpus)
     try:
-        cluster.deploy(args.model, 1, args.slots, args.cpus_per_replica)
+        cluster.deploy(1, args.slots, args.cpus_per_replica, model=args.model)
         out.ping_ms_serve = float(np.median(asyncio.run(_ping_rtts(cluster.port, args.seconds, speech))))
         out.added_ms = out.ping_ms_serve - out.ping_ms_plain
         print(f"ping round trip: plain {out.ping_ms_plain:.2f} ms, through Serve {out.ping_ms_serve:.2f} ms "
               f"(+{out.added_ms:.2f} ms per frame; goal <= 5 ms)", flush=True)
         out.sessions_1_replica = asyncio.run(_max_sessions(cluster.port, speech, args.slots, out.levels,
                                                            "1 replica"))
-        cluster.deploy(args.model, 2, args.slots, args.cpus_per_replica)
+        cluster.deploy(2, args.slots, args.cpus_per_replica, model=args.model)
         out.sessions_2_replicas = asyncio.run(_max_sessions(cluster.port, speech, 2 * args.slots, out.levels,
                                                             "2 replicas"))
     finally:

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,7 @@ pytest.importorskip("sphn")
 
 from agent.audio import load_audio  # noqa: E402
 from benchmarks.moshi_client import Conversation, converse  # noqa: E402
-from benchmarks.ports import free_port  # noqa: E402
+from benchmarks.ray_cluster import RAY_ENV, LocalRayCluster, health  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -31,51 +29,19 @@ pytestmark = pytest.mark.skipif(shutil.which("ray", path=str(BIN)) is None and s
                                 reason="ray CLI not installed")
 
 
-# Ray's token authentication, as `ray start` sets it up by default: every process that joins must use it
-ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
-
-
-def _ray(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    exe = shutil.which("ray", path=str(BIN)) or "ray"
-    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout, env=ENV)
-
-
-def _deploy(address: str, port: int, replicas: int) -> None:
-    """`duplex serve --ray --address ... --detach`: deploy, or update the running application."""
-    cmd = [str(BIN / "duplex"), "serve", "--ray", "--address", address, "--detach", "--replicas", str(replicas),
-           "--slots-per-replica", "2", "--cpus-per-replica", "0.5", "--port", str(port), "--device", "cpu",
-           "--pace", "input", "--drain-timeout", "60"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    assert "Ray Serve" in done.stdout
-
-
-def _health(port: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:
-        return json.loads(r.read())
+SERVE_ARGS = ("--pace", "input", "--drain-timeout", "60")
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    _ray("stop", "--force")
-    gcs, port = free_port(), free_port()
-    started = _ray("start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-                   "--include-dashboard=false",
-                   "--disable-usage-stats")
-    assert started.returncode == 0, started.stderr[-3000:]
-    address = f"127.0.0.1:{gcs}"
+    """2 replicas x 2 slots of the default model on a real local cluster, deployed by the CLI."""
+    ray = LocalRayCluster(cpus=2)
     try:
-        _deploy(address, port, replicas=2)
-        deadline = time.monotonic() + 120
-        seen: set[str] = set()
-        while time.monotonic() < deadline and len(seen) < 2:  # both replicas up
-            try:
-                seen.add(_health(port)["replica"])
-            except OSError:
-                time.sleep(1)
-        yield {"address": address, "port": port}
+        done = ray.deploy(2, 2, 0.5, extra=SERVE_ARGS)
+        assert "Ray Serve" in done.stdout
+        yield ray
     finally:
-        _ray("stop", "--force")
+        ray.stop()
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +76,7 @@ def _plain_serve(question: np.ndarray, seed: int):
 
 
 def test_five_clients_fill_two_replicas_and_the_fifth_is_refused(cluster, question):
-    port = cluster["port"]
+    port = cluster.port
 
     async def main():
         async with aiohttp.ClientSession() as http:
@@ -143,7 +109,7 @@ def test_five_clients_fill_two_replicas_and_the_fifth_is_refused(cluster, questi
 
 
 def test_a_dead_replica_ends_only_its_own_sessions(cluster, question):
-    port, address = cluster["port"], cluster["address"]
+    port, address = cluster.port, cluster.address
     long_input = np.concatenate([question] * 3)
 
     async def main():
@@ -179,16 +145,16 @@ def _kill_replica(address: str, replica_id: str) -> None:
     code = (f"import os, signal, ray; ray.init(address={address!r}, log_to_driver=False); "
             f"a = ray.get_actor({replica_id!r}, namespace='serve'); "
             "pid = ray.get(a.__ray_call__.remote(lambda self: os.getpid())); os.kill(pid, signal.SIGKILL)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=RAY_ENV)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_draining_replica_finishes_its_session_and_takes_no_new_one(cluster, question):
-    port, address = cluster["port"], cluster["address"]
+    port = cluster.port
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # the replica killed above is back: two replicas again
         try:
-            if len({_health(port)["replica"] for _ in range(6)}) == 2:
+            if len({health(port)["replica"] for _ in range(6)}) == 2:
                 break
         except OSError:
             pass
@@ -204,7 +170,7 @@ def test_draining_replica_finishes_its_session_and_takes_no_new_one(cluster, que
             await ready[1].wait()
             await asyncio.sleep(1.0)
             # scale to one replica: Serve stops one (graceful), which must let its session finish
-            await asyncio.to_thread(_deploy, address, port, 1)
+            await asyncio.to_thread(cluster.deploy, 1, 2, 0.5, extra=SERVE_ARGS, wait=False)
             during = await converse(http, _url(port, 6), question[:24000], tail_s=0.5)
             return await a, await b, during
 
@@ -213,7 +179,7 @@ def test_draining_replica_finishes_its_session_and_takes_no_new_one(cluster, que
         assert r.accepted and not r.closed_by_server and not r.errors, (r.errors, r.close_code)
         assert r.sent_s >= long_input.size / 24000 + 2.5
         assert "not see anything" in r.text.replace("don't", "do not")
-    survivor = {_health(port)["replica"] for _ in range(4)}
+    survivor = {health(port)["replica"] for _ in range(4)}
     assert len(survivor) == 1
     assert during.accepted and during.replica in survivor  # the new session went to the replica that stays
 
@@ -279,7 +245,7 @@ def test_webrtc_through_serve_answers_with_media_straight_from_the_replica(clust
                 asyncio.ensure_future(pull())
 
             await pc.setLocalDescription(await pc.createOffer())
-            resp = await http.post(f"http://127.0.0.1:{cluster['port']}/offer",
+            resp = await http.post(f"http://127.0.0.1:{cluster.port}/offer",
                                    json={"sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
             assert resp.status == 200, await resp.text()
             replica = resp.headers.get("x-duplex-replica")
