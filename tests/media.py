@@ -78,6 +78,22 @@ def audio_track(pcm24k: np.ndarray, loop: bool = False):
     return Player()
 
 
+def collect_audio(pc, peaks: list) -> None:
+    """Keep the peak of every audio frame the peer connection `pc` receives (its tracks end with the connection)."""
+
+    @pc.on("track")
+    def on_track(track):
+        async def pull():
+            while True:
+                try:
+                    f = await track.recv()
+                except Exception:  # noqa: BLE001 - the track ends with the connection
+                    return
+                peaks.append(np.abs(f.to_ndarray()).max())
+
+        asyncio.ensure_future(pull())
+
+
 def video_track(rgb: np.ndarray, fps: int = 15):
     """An aiortc camera track showing one still image."""
     from aiortc import VideoStreamTrack

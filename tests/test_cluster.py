@@ -200,30 +200,11 @@ def test_webrtc_through_serve_answers_with_media_straight_from_the_replica(clust
     """The browser's path: the offer goes through Serve's ingress to a replica, which answers; RTP then flows
     between the client and that replica's node. The model hears the question and answers over the data
     channel (no camera on this client: it says it sees nothing) and in audio."""
-    import fractions
+    from aiortc import RTCPeerConnection, RTCSessionDescription
 
-    from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
-    from av import AudioFrame
+    from tests.media import audio_track, collect_audio
 
     pcm = np.concatenate([question, np.zeros(24000 * 4, np.float32)])
-
-    class Speech(MediaStreamTrack):
-        kind = "audio"
-
-        def __init__(self):
-            super().__init__()
-            self.pts = 0
-
-        async def recv(self):
-            await asyncio.sleep(0.02)
-            i = self.pts // 2  # 48 kHz frames over 24 kHz speech
-            chunk = pcm[i:i + 480] if i < pcm.size else np.zeros(480, np.float32)
-            chunk = np.pad(chunk, (0, 480 - chunk.size))
-            s = (np.repeat(chunk, 2) * 32767).astype(np.int16)
-            f = AudioFrame.from_ndarray(s[None, :], format="s16", layout="mono")
-            f.sample_rate, f.pts, f.time_base = 48000, self.pts, fractions.Fraction(1, 48000)
-            self.pts += 960
-            return f
 
     async def main():
         async with aiohttp.ClientSession() as http:
@@ -231,19 +212,8 @@ def test_webrtc_through_serve_answers_with_media_straight_from_the_replica(clust
             channel = pc.createDataChannel("chat")
             messages, received = [], []
             channel.on("message", lambda m: messages.append(json.loads(m)))
-            pc.addTrack(Speech())
-
-            @pc.on("track")
-            def on_track(track):
-                async def pull():
-                    while True:
-                        try:
-                            f = await track.recv()
-                        except Exception:  # noqa: BLE001 - the track ends with the connection
-                            return
-                        received.append(np.abs(f.to_ndarray()).max())
-                asyncio.ensure_future(pull())
-
+            pc.addTrack(audio_track(pcm))
+            collect_audio(pc, received)
             await pc.setLocalDescription(await pc.createOffer())
             resp = await http.post(f"http://127.0.0.1:{cluster.port}/offer",
                                    json={"sdp": pc.localDescription.sdp, "type": pc.localDescription.type})

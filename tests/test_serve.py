@@ -1,7 +1,6 @@
 """`duplex serve`: the Moshi-protocol WebSocket and WebRTC end to end, in process, with the embedded model."""
 
 import asyncio
-import fractions
 import json
 
 import numpy as np
@@ -101,25 +100,11 @@ def test_moshi_websocket_protocol_end_to_end(bundle):
 
 
 def test_webrtc_client_end_to_end(bundle):
-    from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
-    from av import AudioFrame
+    from aiortc import RTCPeerConnection, RTCSessionDescription
 
-    class Tone(MediaStreamTrack):
-        kind = "audio"
+    from tests.media import audio_track, collect_audio
 
-        def __init__(self):
-            super().__init__()
-            self.pts = 0
-
-        async def recv(self):
-            await asyncio.sleep(0.02)
-            n = 960
-            t = (np.arange(n) + self.pts) / 48000
-            s = (np.sin(2 * np.pi * 220 * t) * 8000).astype(np.int16)
-            f = AudioFrame.from_ndarray(s[None, :], format="s16", layout="mono")
-            f.sample_rate, f.pts, f.time_base = 48000, self.pts, fractions.Fraction(1, 48000)
-            self.pts += n
-            return f
+    tone = (np.sin(2 * np.pi * 220 * np.arange(24000) / 24000) * 0.25).astype(np.float32)
 
     async def main():
         server = await _serve(bundle)
@@ -133,19 +118,9 @@ def test_webrtc_client_end_to_end(bundle):
                 channel = pc.createDataChannel("chat")
                 messages = []
                 channel.on("message", lambda m: messages.append(json.loads(m)))
-                pc.addTrack(Tone())
+                pc.addTrack(audio_track(tone, loop=True))
                 received = []
-
-                @pc.on("track")
-                def on_track(track):
-                    async def pull():
-                        while True:
-                            try:
-                                f = await track.recv()
-                            except Exception:  # noqa: BLE001
-                                return
-                            received.append(np.abs(f.to_ndarray()).max())
-                    asyncio.ensure_future(pull())
+                collect_audio(pc, received)
 
                 await pc.setLocalDescription(await pc.createOffer())
                 resp = await http.post(server.make_url("/offer"), json={"sdp": pc.localDescription.sdp,
