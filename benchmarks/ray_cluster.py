@@ -43,6 +43,8 @@ class LocalRayCluster:
         self.gcs, self.port = free_port(), free_port()
         self.exe = shutil.which("ray", path=str(BIN)) or "ray"
         self.ray("stop", "--force")  # a cluster left over from an earlier run would take the new one's place
+        if "RAY_AUTH_TOKEN" not in RAY_ENV and not (Path.home() / ".ray" / "auth_token").exists():
+            self.ray("get-auth-token", "--generate")  # token auth needs one, as on a fresh machine (Ray's docs)
         started = self.ray("start", "--head", f"--port={self.gcs}", "--node-ip-address=127.0.0.1",
                            f"--num-cpus={cpus}", "--include-dashboard=false", "--disable-usage-stats", timeout=180)
         if started.returncode != 0:
