@@ -34,6 +34,7 @@ from agent.training.common import (
     set_rng_state,
     warmup_cosine,
 )
+from agent.training.distributed import names_outside, zero_touch
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:
@@ -123,17 +124,14 @@ class DistillObjective(nn.Module):
         self.student = student
         self._teacher = (teacher,)
         self.temperature, self.hidden_weight, self.layers = temperature, hidden_weight, layers
-        in_blocks = {id(p) for b in sharded_blocks for p in b.parameters()}
-        self._touched = {n for n, p in self.named_parameters() if p.requires_grad and id(p) not in in_blocks}
+        self._touched = names_outside(self, sharded_blocks)
 
     def forward(self, inputs, targets, images):
         loss, parts = distill_loss(self._teacher[0], self.student, inputs, targets, images, self.temperature,
                                    self.hidden_weight, self.layers)
-        # the image path gets a zero gradient in a batch without a picture, so that every rank reduces the same
-        # tensors (as in `train lm`); the KL is a mean over the positions of equal slices, so the ranks' mean
-        # gradient is one process's gradient on the whole batch
-        touch = sum(p.reshape(-1)[:1].sum() for n, p in self.named_parameters() if n in self._touched)
-        return loss + 0 * touch, parts
+        # the KL is a mean over the positions of equal slices, so the ranks' mean gradient is one process's
+        # gradient on the whole batch
+        return loss + zero_touch(self, self._touched), parts
 
 
 def run(args) -> int:
@@ -174,9 +172,7 @@ def run(args) -> int:
     def examples_now():
         return load_or_encode(data_folders(args.data), run_dir / "examples.pt", codec, tokenizer, image_size)
 
-    examples = examples_now() if ctx.main else None  # rank 0 encodes and caches; the others read its cache
-    ctx.barrier()
-    examples = examples if examples is not None else examples_now()
+    examples = ctx.main_first(examples_now)  # rank 0 encodes and caches; the others read its cache
     with torch.no_grad():
         silence = codec.encode(torch.zeros(1, 1, codec.frame_size * 4, device=device))[0, :, -1].cpu()
     rng = random.Random(args.seed)  # the global batch sampler: the same stream on every rank and world size

@@ -59,6 +59,13 @@ class DistContext:
         dist.all_gather_object(out, value)
         return out
 
+    def main_first(self, make):
+        """`make()` on rank 0 first (it writes a cache, e.g. the encoded dialogues), then on the other ranks,
+        which read that cache."""
+        made = make() if self.main else None
+        self.barrier()
+        return made if made is not None else make()
+
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
@@ -159,6 +166,20 @@ def memory_figures(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, fl
     if torch.cuda.is_available() and next(model.parameters()).is_cuda:
         out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out
+
+
+def names_outside(module: nn.Module, blocks) -> set[str]:
+    """Names of the trained parameters of `module` not inside the (FSDP-sharded) `blocks`: by name, because FSDP
+    replaces the parameter objects when it shards them."""
+    in_blocks = {id(p) for b in blocks for p in b.parameters()}
+    return {n for n, p in module.named_parameters() if p.requires_grad and id(p) not in in_blocks}
+
+
+def zero_touch(module: nn.Module, names: set[str]) -> torch.Tensor:
+    """0 x one element of each named parameter, to add to the loss: parameters a batch may not use (the image path
+    in a batch without a picture) get a zero gradient instead of none, so every rank reduces the same tensors
+    (FSDP needs it; DDP need not search for unused ones) and one process updates exactly as many ranks do."""
+    return 0 * sum(p.reshape(-1)[:1].sum() for n, p in module.named_parameters() if n in names)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

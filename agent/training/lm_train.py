@@ -32,6 +32,7 @@ from agent.training.common import (
     set_rng_state,
     warmup_cosine,
 )
+from agent.training.distributed import names_outside, zero_touch
 from agent.training.scenes import render
 
 IGNORE = -100
@@ -275,18 +276,13 @@ class LMObjective(nn.Module):
                  sharded_blocks: list[nn.Module] = ()):
         super().__init__()
         self.lm, self.aux_heads, self.aux_weight = lm, aux_heads, aux_weight
-        in_blocks = {id(p) for b in sharded_blocks for p in b.parameters()}
-        # by name: FSDP replaces the parameter objects when it shards them
-        self._touched = {n for n, p in self.named_parameters() if p.requires_grad and id(p) not in in_blocks}
+        self._touched = names_outside(self, sharded_blocks)
 
     def forward(self, inputs, targets, images, aux, norms: LossNorms | None = None):
         loss, parts = lm_loss(self.lm, inputs, targets, images, aux_heads=self.aux_heads, aux=aux,
                               aux_weight=self.aux_weight, norms=norms)
-        # Parameters a batch may not use (the image path and scene head in a batch without a picture) get a zero
-        # gradient instead of none: every rank then reduces the same tensors (FSDP needs it; DDP need not search
-        # for unused ones), and one process updates exactly as many ranks do. The blocks are always used.
-        touch = sum(p.reshape(-1)[:1].sum() for n, p in self.named_parameters() if n in self._touched)
-        return loss + 0 * touch, parts
+        # the image path and scene head get a zero gradient in a batch without a picture; the blocks are always used
+        return loss + zero_touch(self, self._touched), parts
 
 
 def export_bundle(folder: Path, codec_path: Path, lm_path: Path, tokenizer: Path, description: str,
@@ -412,9 +408,7 @@ def run(args) -> int:
         return load_or_encode(data_folders(args.data), run_dir / "examples.pt", codec, tokenizer, image_size,
                               speaker_warps=args.speaker_warps)
 
-    examples = examples_now() if ctx.main else None  # rank 0 encodes and caches; the others read its cache
-    ctx.barrier()
-    examples = examples if examples is not None else examples_now()
+    examples = ctx.main_first(examples_now)  # rank 0 encodes and caches; the others read its cache
     with torch.no_grad():
         silence = codec.encode(torch.zeros(1, 1, codec.frame_size * 4, device=device))[0, :, -1].cpu()
     rng = random.Random(args.seed)  # the global batch sampler: the same stream on every rank and world size
