@@ -42,6 +42,14 @@ def _spoken_words(text: str) -> list[str]:
     return words
 
 
+def session_state_mb(bundle) -> float:
+    """What one conversation holds in the LM (KV rings, Mamba2 conv + SSM state, depth transformer, vision
+    cross-attention), measured on the state the engine allocates rather than computed from the config."""
+    from models.lm import LMGenerator
+
+    return LMGenerator(bundle.lm, bundle.sampling).init_state(1).nbytes() / 1e6
+
+
 def run_dialogues(bundle, dialogues: list[dict], batch: int = 16, tail_s: float = 1.0, seed: int = 0,
                   make_pool=None):
     """Returns per dialogue: (text pieces per frame, output pcm). `make_pool(capacity)`: another backend's slot
@@ -289,6 +297,9 @@ def run_quality_bench(args) -> int:
               "could do)")
     print(f"batched throughput: {audio_s / wall:.1f}x real time for {len(dialogues)} dialogues "
           f"(batch {args.batch}); per-session real time on 2 cores: see `duplex bench engine`")
+    print(f"streaming state per session (allocated): LM {session_state_mb(bundle):.2f} MB "
+          f"({bundle.lm.cfg.layer_kinds}, {bundle.lm.cfg.context} frames of context, "
+          f"{str(next(bundle.lm.parameters()).dtype).removeprefix('torch.')})")
     if getattr(args, "listening", False):
         from benchmarks.listening import TEST_SETS, print_table, run_listening
 

@@ -176,7 +176,7 @@ def test_conversion_then_short_distillation_lowers_held_out_kl(tmp_path):
 
     args = ["train", "distill", "--teacher", str(teacher), "--student", str(student), "--data",
             str(tmp_path / "train"), "--run", str(tmp_path / "run"), "--batch", "4", "--frames", "32",
-            "--lr", "3e-3", "--hidden-weight", "1.0", "--save-every", "10"]
+            "--lr", "3e-3", "--hidden-weight", "1.0", "--save-every", "10", "--kind-weights", "add=3"]  # as train lm
     assert main(args + ["--steps", "10"]) == 0
     assert main(args + ["--steps", "25", "--export", str(tmp_path / "distilled")]) == 0  # resumes at step 10
     before, after = held_out_kl(student), held_out_kl(tmp_path / "distilled")

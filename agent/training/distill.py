@@ -35,6 +35,7 @@ from agent.training.common import (
     warmup_cosine,
 )
 from agent.training.distributed import names_outside, zero_touch
+from agent.training.lm_train import add_batch_args
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:
@@ -50,6 +51,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hidden-weight", type=float, default=0.0,
                    help="weight of the converted layers' output alignment (MSE to the teacher's layer outputs)")
     p.add_argument("--export", help="write the distilled model folder here")
+    add_batch_args(p)
     p.add_argument("--fsdp", action="store_true",
                    help="under torchrun: shard the student (FSDP2 per backbone block) instead of a replica per rank")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (weights and optimizer stay float32)")
@@ -140,7 +142,7 @@ def run(args) -> int:
     from agent.registry import resolve
     from agent.training.distributed import full_state, init_distributed, load_full_state, memory_figures, wrap
     from agent.training.lm_data import load_or_encode
-    from agent.training.lm_train import Batcher, save_weights
+    from agent.training.lm_train import Batcher, check_speaker_warps, save_weights
     from models.codec import load_codec
     from models.lm import load_lm
     from models.lm.tokenizer import TextTokenizer
@@ -168,15 +170,18 @@ def run(args) -> int:
     tokenizer = TextTokenizer(student_files.tokenizer)
     run_dir = Path(args.run)
     image_size = student.image_encoder.cfg.image_size if student.image_encoder is not None else 64
+    check_speaker_warps(args.speaker_warps, codec, student_files.codec)
 
     def examples_now():
-        return load_or_encode(data_folders(args.data), run_dir / "examples.pt", codec, tokenizer, image_size)
+        return load_or_encode(data_folders(args.data), run_dir / "examples.pt", codec, tokenizer, image_size,
+                              speaker_warps=args.speaker_warps)
 
     examples = ctx.main_first(examples_now)  # rank 0 encodes and caches; the others read its cache
     with torch.no_grad():
         silence = codec.encode(torch.zeros(1, 1, codec.frame_size * 4, device=device))[0, :, -1].cpu()
     rng = random.Random(args.seed)  # the global batch sampler: the same stream on every rank and world size
-    batcher = Batcher(examples, student.cfg, silence, args.frames + 1, rng)
+    batcher = Batcher(examples, student.cfg, silence, args.frames + 1, rng, kind_weights=args.kind_weights,
+                      fresh_scenes=not args.fixed_scenes)
     student.checkpoint_layers = args.grad_checkpoint
     blocks = [layer for layer in student.transformer.layers if layer.cross_attention is None]
     objective = DistillObjective(student, teacher, args.temperature, args.hidden_weight, layers,

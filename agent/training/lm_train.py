@@ -69,6 +69,12 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--aux-weight", type=float, default=0.5,
                    help="weight of the training-only auxiliary losses (question CTC on the user track, scene "
                         "classification); 0 turns them off (default 0.5)")
+    add_batch_args(p)
+    p.set_defaults(handler=run)
+
+
+def add_batch_args(p: argparse.ArgumentParser) -> None:
+    """How dialogues are drawn into batches: shared by `train lm` and `train distill` (the same data pipeline)."""
     p.add_argument("--kind-weights", default="", type=parse_kind_weights, metavar="KIND=W,...",
                    help="draw dialogues of these kinds W times as often (e.g. add=3,see=2; kinds: add sub count "
                         "spell greet see colour howmany silence interrupted); the rest weigh 1")
@@ -79,7 +85,16 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fixed-scenes", action="store_true",
                    help="show each camera dialogue's scene in one fixed layout (rounds 1-4) instead of a freshly "
                         "drawn layout of the same shapes every time the dialogue is drawn")
-    p.set_defaults(handler=run)
+
+
+def check_speaker_warps(n: int, codec, codec_path) -> None:
+    from models.codec.vocoder import VocoderCodec
+
+    if n < 0:
+        _fail("--speaker-warps must be 0 or more")
+    if n and not isinstance(codec, VocoderCodec):
+        _fail(f"--speaker-warps needs a vocoder codec (`duplex train codec --kind vocoder`); "
+              f"{codec_path} is a neural codec")
 
 
 def parse_kind_weights(spec: str) -> dict[str, float]:
@@ -395,14 +410,7 @@ def run(args) -> int:
         image_dim = model.image_encoder.cfg.dim if model.image_encoder is not None else None
         aux_heads = AuxHeads(cfg.dim, cfg.text_card, image_dim).to(device).train()
     image_size = model.image_encoder.cfg.image_size if model.image_encoder is not None else 64
-    if args.speaker_warps:
-        from models.codec.vocoder import VocoderCodec
-
-        if args.speaker_warps < 0:
-            _fail("--speaker-warps must be 0 or more")
-        if not isinstance(codec, VocoderCodec):
-            _fail(f"--speaker-warps needs a vocoder codec (`duplex train codec --kind vocoder`); "
-                  f"{codec_path} is a neural codec")
+    check_speaker_warps(args.speaker_warps, codec, codec_path)
 
     def examples_now():
         return load_or_encode(data_folders(args.data), run_dir / "examples.pt", codec, tokenizer, image_size,
