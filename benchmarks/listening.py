@@ -50,6 +50,7 @@ TEST_SETS = [
     SetSpec("long_session", "listed", 24, IN_DOMAIN, 0.6, turns=20,
             goal="questions 10-20 within 3 points of the 1st"),
 ]
+REAL_SET_GOALS = {"real_recordings": "refusal or silence", "real_voice": ">= 85% exact (unseen kind of voice)"}
 SELECTION_SETS = [SetSpec("selection", "listed", 120, IN_DOMAIN + ["refuse_near", "refuse_out", "passage"], 0.6),
                   SetSpec("selection_rewordings", "select", 96, IN_DOMAIN + ["refuse_near", "refuse_out"], 0.6)]
 
@@ -185,9 +186,7 @@ def run_listening(bundle, sets: list[SetSpec], seed: int = 4242, real: bool = Tr
 def print_table(lines: list[tuple[str, str, str]]) -> None:
     width = max(len(n) for n, _, _ in lines)
     for name, figure, detail in lines:
-        goal = next((s.goal for s in TEST_SETS if s.name == name), "")
-        goal = goal or {"real_recordings": "refusal or silence", "real_voice": ">= 85% exact (unseen kind of voice)"
-                        }.get(name, "")
+        goal = next((s.goal for s in TEST_SETS if s.name == name), REAL_SET_GOALS.get(name, ""))
         print(f"  {name:<{width}}  {figure:>14}  {detail}" + (f"   [goal: {goal}]" if goal else ""))
 
 

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.ports import free_port
+from benchmarks.launch import cli_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,11 +24,7 @@ def _train(data: Path, run: Path, procs: int, threads: int, args, *extra: str) -
                 str(run), "--init", str(weights / "lm.safetensors"), "--steps", str(args.steps), "--batch",
                 str(args.batch), "--frames", str(args.frames), "--save-every", str(10**9), "--threads", str(threads),
                 *(["--lora", str(args.lora)] if args.lora else []), *extra]
-    if procs == 1:
-        cmd = [sys.executable, "-m", "cli", *cmd_args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr",
-               "127.0.0.1", "--master-port", str(free_port()), "-m", "cli", *cmd_args]
+    cmd = cli_command(cmd_args, procs)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode:

@@ -32,6 +32,8 @@ done
     --export "$X/teacher"
 
 # 2. Our hybrid (MMAMMA, its own Mamba2 shape), from the same shipped weights, with the same budget and data.
+mkdir -p "$X/hybrid_run"
+[ -f "$X/hybrid_run/examples.pt" ] || cp "$X/teacher_run/examples.pt" "$X/hybrid_run/"  # the same encoding
 [ -f "$X/hybrid/lm.safetensors" ] ||
   $DUPLEX train lm "${BATCHES[@]}" --codec agent/weights/default/codec.safetensors --run "$X/hybrid_run" \
     --init agent/weights/default/lm.safetensors --steps "$STEPS" --lr 8e-4 --aux-weight 1.0 --export "$X/hybrid"
@@ -42,7 +44,7 @@ done
 
 # 4. Distillation from the frozen teacher, the same budget and data (KL of text and audio, end to end).
 mkdir -p "$X/distill_run"
-[ -f "$X/distill_run/examples.pt" ] || cp "$X/teacher_run/examples.pt" "$X/distill_run/"  # same encoding
+[ -f "$X/distill_run/examples.pt" ] || cp "$X/teacher_run/examples.pt" "$X/distill_run/"
 [ -f "$X/distilled/lm.safetensors" ] ||
   $DUPLEX train distill "${BATCHES[@]}" --teacher "$X/teacher" --student "$X/converted" \
     --run "$X/distill_run" --steps "$STEPS" --lr 8e-4 --export "$X/distilled"

@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
-from benchmarks.ports import free_port
+from benchmarks.launch import cli_command
 
 ROOT = Path(__file__).resolve().parents[1]
 CODEC = ROOT / "agent" / "weights" / "default" / "codec.safetensors"
@@ -28,12 +27,7 @@ def _env() -> dict:
 
 def run_cli(args: list[str], procs: int) -> str:
     """`python -m cli ARGS` in one process, or under torchrun with `procs` processes; its output."""
-    if procs == 1:
-        cmd = [sys.executable, "-m", "cli", *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr",
-               "127.0.0.1", "--master-port", str(free_port()), "-m", "cli", *args]
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cli_command(args, procs), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 
@@ -62,8 +56,8 @@ def assert_same_weights(a: Path, b: Path, tol: float = 5e-5) -> None:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist") / "synth"
-    proc = subprocess.run([sys.executable, "-m", "cli", "data", "synth", "--out", str(out), "--count", "12",
-                           "--seed", "5"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cli_command(["data", "synth", "--out", str(out), "--count", "12", "--seed", "5"]), cwd=ROOT,
+                          env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out
 
@@ -118,8 +112,8 @@ def test_distillation_under_torchrun_updates_as_one_process_and_resumes_in_one(d
 
     teacher, student = tmp_path / "teacher", tmp_path / "student"
     _attention_folder(teacher, vision=None, num_layers=3)
-    proc = subprocess.run([sys.executable, "-m", "cli", "convert", "hybrid", str(teacher), "--pattern", "MAA",
-                           "--out", str(student)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cli_command(["convert", "hybrid", str(teacher), "--pattern", "MAA", "--out", str(student)]),
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     one, two = tmp_path / "one", tmp_path / "two"
     distill(one, teacher, student, data, 4, 1)

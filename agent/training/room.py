@@ -128,13 +128,12 @@ class RoomAugment:
             y = y + noise * (_rms(y) / _rms(noise) * 10 ** (-snr_db / 20))
             parts.append(f"{colour}{snr_db:.0f}dB")
         roll = self.rng.random()
+        peak = max(np.abs(y).max(), 1e-6)  # mu-law companding wants [-1, 1]; the level is set below anyway
         if roll < 0.25:  # a phone call: 300-3400 Hz, 8 kHz, G.711 mu-law
-            y = mu_law(np.clip(resample_through(band_limit(y, 300, 3400), 8000) / max(np.abs(y).max(), 1e-6), -1, 1))
-            y = y * (max(np.abs(x).max(), 1e-6))
+            y = mu_law(np.clip(resample_through(band_limit(y / peak, 300, 3400), 8000), -1, 1))
             parts.append("phone")
         elif roll < 0.4:  # a cheap codec: 16 kHz band, coarse quantization
-            peak = max(np.abs(y).max(), 1e-6)
-            y = mu_law(np.clip(resample_through(y, 16000) / peak, -1, 1), bits=self.rng.choice([6, 7])) * peak
+            y = mu_law(np.clip(resample_through(y / peak, 16000), -1, 1), bits=self.rng.choice([6, 7]))
             parts.append("codec")
         # level: quiet laptops to hot headsets (a few hot ones clip)
         y = y * (level / max(_rms(y), 1e-9)) * self.rng.uniform(0.4, 1.8)
