@@ -8,6 +8,7 @@ Two kinds of set, never mixed up:
   the fixed training phrasings (split "listed": other draws, the held-out voice, the same 120 questions since
   round 12, so rounds compare on one set), "selection_rewordings" (since round 14) the `select` phrasings, which
   no training draw uses and no test set reads: generalisation to new phrasings, measured apart from the tests.
+  "selection_barge_in" (since round 15): answers the user cuts short; the model must fall silent.
 - real human speech (`benchmarks.real_speech`) belongs to the test sets only.
 """
 
@@ -39,6 +40,7 @@ class SetSpec:
     scene_p: float
     turns: int = 1
     goal: str = ""
+    barge_in: float = 0.0  # share of answers the user interrupts (scored: silent 0.5-1 s after the interruption)
 
 
 TEST_SETS = [
@@ -49,10 +51,12 @@ TEST_SETS = [
     SetSpec("session", "listed", 6, IN_DOMAIN, 0.6, turns=12, goal="questions 10-12 within 3 points of the 1st"),
     SetSpec("long_session", "listed", 24, IN_DOMAIN, 0.6, turns=20,
             goal="questions 10-20 within 3 points of the 1st"),
+    SetSpec("barge_in", "held_out", 40, IN_DOMAIN, 0.5, barge_in=1.0, goal="stops every time"),
 ]
 REAL_SET_GOALS = {"real_recordings": "refusal or silence", "real_voice": ">= 85% exact (unseen kind of voice)"}
 SELECTION_SETS = [SetSpec("selection", "listed", 120, IN_DOMAIN + ["refuse_near", "refuse_out", "passage"], 0.6),
-                  SetSpec("selection_rewordings", "select", 96, IN_DOMAIN + ["refuse_near", "refuse_out"], 0.6)]
+                  SetSpec("selection_rewordings", "select", 96, IN_DOMAIN + ["refuse_near", "refuse_out"], 0.6),
+                  SetSpec("selection_barge_in", "listed", 40, IN_DOMAIN, 0.6, barge_in=1.0)]
 
 
 def build_set(spec: SetSpec, seed: int, voices=None) -> list[dict]:
@@ -64,7 +68,8 @@ def build_set(spec: SetSpec, seed: int, voices=None) -> list[dict]:
     out = []
     for _ in range(spec.count):
         kinds = [rng.choice(spec.kinds) for _ in range(spec.turns)]
-        d = make_session(rng, tts, voices or [HELD_OUT_VOICE], spec.split, scene_p=spec.scene_p, kinds=kinds)
+        d = make_session(rng, tts, voices or [HELD_OUT_VOICE], spec.split, scene_p=spec.scene_p, kinds=kinds,
+                         barge_in=spec.barge_in)
         if spec.turns > 1:  # long sessions: questions seconds or minutes apart are still answered
             d = _spread(d, rng, minutes=spec.name == "long_session")
         d["user"] = (np.clip(d["user"], -1, 1) * 32767).astype(np.int16)
@@ -110,12 +115,21 @@ def real_sets() -> list[dict]:
 def score_turns(dialogues: list[dict], results) -> list[dict]:
     """One row per turn: what it said between the end of the question and the next question."""
     from agent.training.phrasing import NOTHING_SEEN, REFUSAL
+    from benchmarks.quality import SPEAKING_RMS
 
     refusal, nothing = _words(REFUSAL), _words(NOTHING_SEEN)
     rows = []
-    for d, (texts, _) in zip(dialogues, results):
+    for d, (texts, pcm) in zip(dialogues, results):
         turns = d["turns"]
         for i, t in enumerate(turns):
+            if "barge_in" in t:  # cut short: is the agent silent 0.5-1.0 s after the user's "stop"?
+                onset = t["barge_in"] // FRAME
+                window = pcm[(onset + 6) * FRAME:(onset + 12) * FRAME].reshape(-1, FRAME)
+                talking = bool(window.size) and bool(np.any(np.sqrt(np.mean(window ** 2, axis=1)) > SPEAKING_RMS))
+                rows.append({"set": d["set"], "kind": t["kind"], "position": i, "question": t["question"],
+                             "expected": "(silence after the barge-in)", "got": "kept talking" if talking else "",
+                             "outcome": "talking" if talking else "stopped", "ok": not talking})
+                continue
             start = t["user_end"] // FRAME
             end = turns[i + 1]["user_start"] // FRAME if i + 1 < len(turns) else len(texts)
             got = _words("".join(texts[start:end]))
@@ -174,7 +188,9 @@ def run_listening(bundle, sets: list[SetSpec], seed: int = 4242, real: bool = Tr
     from benchmarks.quality import run_dialogues
 
     dialogues = []
-    for k, spec in enumerate(sets):
+    for spec in sets:  # a set's seed follows its place in its list, so a subset (--sets) draws the same dialogues
+        k = next((i for i, s in enumerate(TEST_SETS) if s.name == spec.name), None)
+        k = k if k is not None else next(i for i, s in enumerate(SELECTION_SETS) if s.name == spec.name)
         dialogues += build_set(spec, seed + 7919 * k)
     if real:
         dialogues += real_sets()

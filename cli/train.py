@@ -29,6 +29,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     synth.add_argument("--room", type=float, default=0.0, metavar="SHARE",
                        help="pass this share (0-1) of the user tracks through a drawn room and microphone: distance, "
                             "reverberation, background noise, telephone band or codec artefacts, level (default 0)")
+    synth.add_argument("--barge-in", type=float, default=0.0, metavar="SHARE",
+                       help="with --mix listen: the user cuts this share (0-1) of the sessions' answers short "
+                            "(\"stop\", \"wait\"...) and the agent stops within 160 ms, mid-session (default 0; "
+                            "classic dialogues keep their own 15%% of barge-ins)")
     synth.set_defaults(handler=_synth)
     prep = dsub.add_parser(
         "prepare", help="recorded conversations -> training dialogues (agent words time-stamped by whisper)",
@@ -90,12 +94,17 @@ def _synth(args) -> int:
 
     if not 0.0 <= args.room <= 1.0:
         raise UserFacingError(f"--room is a share of the user tracks, between 0 and 1 (got {args.room})")
+    if not 0.0 <= args.barge_in <= 1.0:
+        raise UserFacingError(f"--barge-in is a share of the answers, between 0 and 1 (got {args.barge_in})")
+    if args.barge_in and args.mix != "listen":
+        raise UserFacingError("--barge-in shapes listening sessions: add --mix listen")
     from agent.training.synth import synth_dataset
     from agent.training.tts import TTSError
 
     try:
         n = synth_dataset(Path(args.out), args.count, args.seed, held_out=args.held_out, voices=args.voices,
-                          augment=args.augment, mix=args.mix, room=args.room)
+                          augment=args.augment, mix=args.mix, room=args.room,
+                          barge_in=args.barge_in)
     except TTSError as exc:
         raise UserFacingError(str(exc)) from exc
     print(f"wrote {n} new dialogues to {args.out}")

@@ -120,3 +120,37 @@ def test_room_chain_keeps_length_and_words_times_and_is_seeded():
     assert {"phone", "far"} <= {lab.rstrip("0123456789.dB") or lab for lab in labels} | labels
     same, label = RoomAugment(random.Random(0), 0.0)(x)
     assert same is x and label == ""
+
+
+def test_barge_ins_cut_answers_short_mid_session_and_are_scored_on_silence():
+    """`data synth --mix listen --barge-in SHARE`: the user says "stop" during an answer, the agent's words and
+    voice end within 160 ms (20 ms fade), and the next question still comes and is answered in full; the
+    listening bench scores such a turn on the agent falling silent, from the audio it produced."""
+    from agent.training.synth import make_session
+    from agent.training.tts import TRAIN_USER_VOICES, CachedTTS
+    from benchmarks.listening import score_turns
+    from models.codec import FRAME_SIZE, SAMPLE_RATE
+
+    tts = CachedTTS()
+    plain = make_session(random.Random(8), tts, TRAIN_USER_VOICES, kinds=["add", "count"])
+    d = make_session(random.Random(8), tts, TRAIN_USER_VOICES, kinds=["add", "count"], barge_in=1.0)
+    first, second = d["turns"]
+    onset = first["barge_in"]
+    assert "barge_in" not in plain["turns"][0] and first["question"] == plain["turns"][0]["question"]
+    cut = onset + int(0.16 * SAMPLE_RATE)
+    said = [(p, w) for p, w in d["words"] if p < second["user_start"]]
+    assert 1 <= len(said) < len(first["answer"].split()) and all(p < cut for p, _ in said)
+    assert np.abs(d["agent"][cut:second["user_start"]]).max() == 0  # silent from the cut to the next question
+    assert np.abs(d["user"][onset:onset + int(0.2 * SAMPLE_RATE)]).max() > 0.05  # the user's "stop"
+    assert second["user_start"] > cut and any(p > second["user_end"] for p, _ in d["words"])  # answered too
+    assert d["kind"] == "session"
+
+    d["set"] = "barge_in"
+    frames = d["user"].size // FRAME_SIZE + 1
+    texts = [""] * frames
+    quiet = np.zeros(frames * FRAME_SIZE, np.float32)
+    loud = quiet.copy()
+    loud[onset + 6 * FRAME_SIZE: onset + 12 * FRAME_SIZE] = 0.2
+    stopped, talked = (score_turns([d], [(texts, pcm)])[0] for pcm in (quiet, loud))
+    assert stopped["ok"] and stopped["outcome"] == "stopped"
+    assert not talked["ok"] and talked["outcome"] == "talking"

@@ -86,7 +86,7 @@ def make_dialogue(rng: random.Random, tts: CachedTTS, voices: list[Voice], visio
     kind = qa.kind
     if roll > 0.85 and len(words) >= 3:  # the user barges in: the agent stops within ~160 ms
         onset = words[rng.randint(1, len(words) - 1)][0] + int(rng.uniform(0.0, 0.2) * RATE)
-        interruption = say(rng.choice(["stop", "wait", "hold on"])) * rng.uniform(0.6, 1.0)
+        interruption = say(rng.choice(BARGE_INS)) * rng.uniform(0.6, 1.0)
         cut = onset + int(0.16 * RATE)
         fade = min(480, max(0, agent.size - cut))
         agent[cut:cut + fade] *= np.linspace(1, 0, fade, dtype=np.float32)
@@ -106,10 +106,12 @@ def make_dialogue(rng: random.Random, tts: CachedTTS, voices: list[Voice], visio
 
 def make_session(rng: random.Random, tts: CachedTTS, voices: list[Voice], split: str = "train",
                  augment: Augment | None = None, turns: tuple[int, int] = (1, 3), scene_p: float = 0.6,
-                 kinds: list[str] | None = None) -> dict:
+                 kinds: list[str] | None = None, barge_in: float = 0.0) -> dict:
     """A listening session: 1-3 questions in natural phrasings (`split` picks train or held-out phrasings),
     back to back or seconds apart, some it must refuse, vision questions with or without an image shown, and
-    read passages it must not answer. `kinds` fixes the kind of each turn (test sets)."""
+    read passages it must not answer. `kinds` fixes the kind of each turn (test sets). `barge_in`: the share of
+    answers the user cuts short ("stop", "wait"...) after their first word; the agent stops within 160 ms and
+    the session goes on (0 draws nothing, so the other random choices stay as they were)."""
     from agent.training.dialogues import COLOURS, SHAPES, Scene, sample_turn
 
     voice = rng.choice(voices)
@@ -134,14 +136,24 @@ def make_session(rng: random.Random, tts: CachedTTS, voices: list[Voice], split:
         cursor = user_end
         if qa.answer:
             pos = user_end + int(rng.uniform(0.16, 0.32) * RATE)
+            said = []
             for w in qa.answer.split():
-                a = tts(w, AGENT_VOICE)
-                words.append((pos, w))
-                agent_parts.append((pos, a))
-                pos += a.size + int(0.06 * RATE)
+                said.append((pos, w, tts(w, AGENT_VOICE)))
+                pos += said[-1][2].size + int(0.06 * RATE)
             cursor = pos
+            onset = None
+            if barge_in and rng.random() < barge_in and len(said) >= 2:
+                onset = said[rng.randint(1, len(said) - 1)][0] + int(rng.uniform(0.0, 0.2) * RATE)
+                stop = say(rng.choice(BARGE_INS)) * rng.uniform(0.6, 1.0)
+                user_parts.append((onset, stop))
+                said = _cut(said, onset + int(0.16 * RATE))
+                cursor = onset + stop.size
+            words += [(p, w) for p, w, _ in said]
+            agent_parts += [(p, a) for p, _, a in said]
         meta = asdict(qa)
         meta.update(user_start=q_start, user_end=user_end)
+        if qa.answer and onset is not None:
+            meta["barge_in"] = onset
         turn_meta.append(meta)
     total = cursor + int(rng.uniform(0.6, 1.2) * RATE)
     user, agent = np.zeros(total, np.float32), np.zeros(total, np.float32)
@@ -152,9 +164,26 @@ def make_session(rng: random.Random, tts: CachedTTS, voices: list[Voice], split:
     user += np.random.default_rng(rng.randint(0, 2**31)).normal(0, noise, total).astype(np.float32)
     first = dict(turn_meta[0])
     first["scene"] = asdict(scene) if scene else None  # the image shown for the whole session
-    kind = turn_meta[0]["kind"] if n == 1 else "session"
+    kind = ("interrupted" if "barge_in" in turn_meta[0] else turn_meta[0]["kind"]) if n == 1 else "session"
     return {"user": user, "agent": agent, "words": words, "kind": kind, "voice": voice.label, "qa": first,
             "turns": turn_meta, "user_end": turn_meta[0]["user_end"], "tempo": factor}
+
+
+BARGE_INS = ["stop", "wait", "hold on"]
+
+
+def _cut(said: list[tuple[int, str, np.ndarray]], cut: int) -> list[tuple[int, str, np.ndarray]]:
+    """The words of an answer said before sample `cut`; the one under way fades out over 20 ms."""
+    kept = []
+    for pos, w, a in said:
+        if pos >= cut:
+            break
+        if pos + a.size > cut:
+            a = a[: cut - pos].copy()
+            fade = min(480, a.size)
+            a[a.size - fade:] *= np.linspace(1, 0, fade, dtype=np.float32)
+        kept.append((pos, w, a))
+    return kept
 
 
 def _to_int16(x: np.ndarray) -> np.ndarray:
@@ -165,7 +194,8 @@ VOICE_POOLS = {"base": TRAIN_USER_VOICES, "wide": WIDE_USER_VOICES, "wider": WID
 
 
 def synth_dataset(out: Path, count: int, seed: int, held_out: bool = False, vision: bool = True,
-                  voices: str = "base", augment: bool = False, mix: str = "classic", room: float = 0.0) -> int:
+                  voices: str = "base", augment: bool = False, mix: str = "classic", room: float = 0.0,
+                  barge_in: float = 0.0) -> int:
     """Write `count` dialogues as shards of SHARD; skips shards that already exist (resumable).
 
     `voices` picks the training user-voice pool ("base": the 12 voices of the first shipped model, "wide": 200+,
@@ -173,7 +203,8 @@ def synth_dataset(out: Path, count: int, seed: int, held_out: bool = False, visi
     `augment` warps each dialogue's user speech in tempo/pitch and varies its noise floor;
     `mix` "listen": 60% listening sessions (`make_session`: natural phrasings, refusals, several questions), 40%
     classic dialogues (single questions, silences, barge-ins);
-    `room` passes that share of the user tracks through a drawn room-and-microphone chain (`room.RoomAugment`)."""
+    `room` passes that share of the user tracks through a drawn room-and-microphone chain (`room.RoomAugment`);
+    `barge_in` is the share of the listening sessions' answers the user interrupts (`make_session`)."""
     from agent.training.room import RoomAugment
 
     pool = [HELD_OUT_VOICE] if held_out else VOICE_POOLS[voices]
@@ -195,7 +226,7 @@ def synth_dataset(out: Path, count: int, seed: int, held_out: bool = False, visi
             items = []
             for _ in range(n):
                 if mix == "listen" and rng.random() < 0.6:
-                    d = make_session(rng, tts, pool, "train", aug)
+                    d = make_session(rng, tts, pool, "train", aug, barge_in=barge_in)
                 else:
                     d = make_dialogue(rng, tts, pool, vision, aug)
                 if acoustics is not None:
