@@ -154,3 +154,12 @@ def test_barge_ins_cut_answers_short_mid_session_and_are_scored_on_silence():
     stopped, talked = (score_turns([d], [(texts, pcm)])[0] for pcm in (quiet, loud))
     assert stopped["ok"] and stopped["outcome"] == "stopped"
     assert not talked["ok"] and talked["outcome"] == "talking"
+
+
+@pytest.mark.parametrize("args, said", [(["--barge-in", "1.5", "--mix", "listen"], "between 0 and 1"),
+                                        (["--barge-in", "0.3"], "add --mix listen")])
+def test_synth_refuses_a_barge_in_share_it_cannot_honour(tmp_path, capsys, args, said):
+    from cli.main import main
+
+    assert main(["data", "synth", "--out", str(tmp_path / "d"), "--count", "2", *args]) == 1
+    assert said in capsys.readouterr().err and not (tmp_path / "d").exists()
