@@ -31,7 +31,6 @@ from agent.training.common import (
     rng_state,
     save_checkpoint,
     seed_everything,
-    set_rng_state,
     warmup_cosine,
 )
 from agent.training.distributed import names_outside, zero_touch
@@ -140,7 +139,7 @@ def run(args) -> int:
     from agent.bundle import MANIFEST
     from agent.errors import UserFacingError
     from agent.registry import resolve
-    from agent.training.distributed import full_state, init_distributed, load_full_state, memory_figures, wrap
+    from agent.training.distributed import describe, full_state, init_distributed, memory_figures, resume, wrap
     from agent.training.lm_data import load_or_encode
     from agent.training.lm_train import Batcher, check_speaker_warps, save_weights
     from models.codec import load_codec
@@ -196,21 +195,12 @@ def run(args) -> int:
     ckpt = load_checkpoint(ckpt_path)
     if ckpt is not None:
         model_sd = {f"student.{k}": v for k, v in ckpt["model"].items()}
-        if ckpt.get("format", 1) >= 2:
-            load_full_state(trained, opt, model_sd, ckpt["opt"], ctx, args.fsdp)
-        else:  # written before distributed distillation: optimizer state keyed by parameter order
-            load_full_state(trained, None, model_sd, None, ctx, args.fsdp)
-            opt.load_state_dict(ckpt["opt"])
-        sched.load_state_dict(ckpt["sched"])
-        step = ckpt["step"]
-        set_rng_state(ckpt["rng"])
-        rng.setstate(ckpt["batch_rng"])
+        step = resume(ckpt, model_sd, trained, opt, sched, rng, ctx, args.fsdp)
         say(f"resumed from {ckpt_path} at step {step}" + (f" (written by {ckpt['world']} processes)"
                                                           if ckpt.get("world", 1) != ctx.world else ""))
-    mode = "FSDP" if args.fsdp and ctx.enabled else "DDP" if ctx.enabled else "one process"
     say(f"teacher {teacher_files.name} ({teacher.cfg.layer_kinds}), student {student_files.name} "
         f"({student.cfg.layer_kinds}; converted layers {layers}), {len(examples)} dialogues, device {device}, "
-        f"{mode}" + (f" x {ctx.world}, {args.batch // ctx.world} rows per rank" if ctx.enabled else ""))
+        f"{describe(ctx, args.fsdp, args.batch)}")
 
     def save():
         model_sd, opt_sd = full_state(trained, opt, ctx, args.fsdp)  # every rank takes part; rank 0 writes

@@ -149,6 +149,33 @@ def load_full_state(model: nn.Module, opt: torch.optim.Optimizer | None, model_s
         set_optimizer_state_dict(inner, opt, opt_sd, options=options)
 
 
+def resume(ckpt: dict, model_sd: dict, model: nn.Module, opt: torch.optim.Optimizer, sched, batch_rng,
+           ctx: DistContext, fsdp: bool) -> int:
+    """Continue a run from its checkpoint (`model_sd` keyed as the wrapped module names it), at any world size:
+    weights, optimizer, schedule, RNG streams; the step to continue from."""
+    from agent.training.common import set_rng_state
+
+    if ckpt.get("format", 1) >= 2:
+        load_full_state(model, opt, model_sd, ckpt["opt"], ctx, fsdp)
+    else:  # written before distributed training: optimizer state keyed by parameter order
+        load_full_state(model, None, model_sd, None, ctx, fsdp)
+        opt.load_state_dict(ckpt["opt"])
+    sched.load_state_dict(ckpt["sched"])
+    set_rng_state(ckpt["rng"])
+    batch_rng.setstate(ckpt["batch_rng"])
+    return ckpt["step"]
+
+
+def run_mode(ctx: DistContext, fsdp: bool) -> str:
+    return ("FSDP" if fsdp else "DDP") if ctx.enabled else "one process"
+
+
+def describe(ctx: DistContext, fsdp: bool, batch: int) -> str:
+    """How this run is spread, for its opening line."""
+    detail = f" x {ctx.world}, {batch // ctx.world} rows per rank" if ctx.enabled else ""
+    return run_mode(ctx, fsdp) + detail
+
+
 def memory_figures(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, float]:
     """This rank's training state in MB (its own shards under FSDP: parameters, gradients, optimizer state) and
     its peak resident memory (whole process) in MB."""

@@ -29,7 +29,6 @@ from agent.training.common import (
     rng_state,
     save_checkpoint,
     seed_everything,
-    set_rng_state,
     warmup_cosine,
 )
 from agent.training.distributed import names_outside, zero_touch
@@ -366,7 +365,15 @@ def _build_model(args, files, codec_layout: int, device):
 
 def run(args) -> int:
     from agent.registry import EMBEDDED_DIR
-    from agent.training.distributed import full_state, init_distributed, load_full_state, memory_figures, wrap
+    from agent.training.distributed import (
+        describe,
+        full_state,
+        init_distributed,
+        memory_figures,
+        resume,
+        run_mode,
+        wrap,
+    )
     from agent.training.lm_data import load_or_encode
     from models.codec import load_codec
     from models.lm import load_lm
@@ -472,22 +479,13 @@ def run(args) -> int:
                   "--lora setting, or use a new --run")
         model_sd = {f"lm.{k}": v for k, v in ckpt["model"].items()}
         model_sd.update({f"aux_heads.{k}": v for k, v in ckpt.get("aux", {}).items()})
-        if ckpt.get("format", 1) >= 2:
-            load_full_state(trained, opt, model_sd, ckpt["opt"], ctx, args.fsdp)
-        else:  # written before distributed training: optimizer state keyed by parameter order
-            load_full_state(trained, None, model_sd, None, ctx, args.fsdp)
-            opt.load_state_dict(ckpt["opt"])
-        sched.load_state_dict(ckpt["sched"])
-        step = ckpt["step"]
-        set_rng_state(ckpt["rng"])
-        rng.setstate(ckpt["batch_rng"])
+        step = resume(ckpt, model_sd, trained, opt, sched, rng, ctx, args.fsdp)
         say(f"resumed from {ckpt_path} at step {step}" + (f" (written by {ckpt['world']} processes)"
                                                           if ckpt.get("world", 1) != ctx.world else ""))
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
     n_train = sum(p.numel() for p in params) / 1e6
-    mode = "FSDP" if args.fsdp and ctx.enabled else "DDP" if ctx.enabled else "one process"
     say(f"LM: {n_params:.2f}M params ({n_train:.2f}M trained), {len(examples)} dialogues, device {device}, "
-        f"{mode}" + (f" x {ctx.world}, {args.batch // ctx.world} rows per rank" if ctx.enabled else ""))
+        f"{describe(ctx, args.fsdp, args.batch)}")
 
     def save():
         model_sd, opt_sd = full_state(trained, opt, ctx, args.fsdp)  # every rank takes part; rank 0 writes
@@ -537,7 +535,7 @@ def run(args) -> int:
         + "; per rank: " + ", ".join(f"state {m['state_mb']:.0f} MB, peak RSS {m['peak_rss_mb']:.0f} MB"
                                      for m in memory))
     if ctx.main and frames_done:
-        append_log(log, summary=True, step=step, world=ctx.world, mode=mode, seconds=round(took, 2),
+        append_log(log, summary=True, step=step, world=ctx.world, mode=run_mode(ctx, args.fsdp), seconds=round(took, 2),
                     frames_per_s=round(frames_done / took, 1), ranks=memory)
     if args.export and ctx.main:
         export_bundle(Path(args.export), codec_path, run_dir / "lm.safetensors", tok_path,
