@@ -22,7 +22,10 @@ from models.codec import SAMPLE_RATE as RATE
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 POCKETSPHINX = Path("/usr/share/pocketsphinx/test/data")
-ASTERISK = Path("/usr/share/asterisk/sounds/en")
+_SOUNDS = Path("/usr/share/asterisk/sounds")
+# asterisk-core-sounds-en-wav installs en_US_f_Allison; the `en` link comes with asterisk-core-sounds-en, which
+# only some installs pull in
+ASTERISK = next((p for p in (_SOUNDS / "en", _SOUNDS / "en_US_f_Allison") if p.is_dir()), _SOUNDS / "en")
 ALSA = Path("/usr/share/sounds/alsa")  # alsa-utils' speaker-test voice ("front left", ...) and its pink noise
 # prompts that are tones, or that a greeting answer would rightly follow ("hello", "thank you", "goodbye")
 _NOT_OUT_OF_DOMAIN = ("beep", "tone", "hello", "bye", "thank", "silence")
@@ -72,7 +75,8 @@ def out_of_domain_recordings(asterisk_limit: int = 100, max_seconds: float = 12.
     for f in files + prompts:
         x = _load(f)[: int(max_seconds * RATE)]
         if x.size >= RATE // 4:
-            out.append(_dialogue("real", f"{f.parent.name}/{f.name}", x))
+            folder = "en" if f.parent == ASTERISK else f.parent.name  # one name whichever way it was installed
+            out.append(_dialogue("real", f"{folder}/{f.name}", x))
     return out
 
 

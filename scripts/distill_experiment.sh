@@ -60,7 +60,7 @@ mkdir -p "$X/distill5_run"
     --run "$X/distill5_run" --steps "$STEPS" --lr 8e-4 --export "$X/distilled5"
 
 # 5. Every model once on the TEST sets (held-out phrasings and voice, real recordings) and the quality bench.
-for m in teacher converted distilled hybrid converted5 distilled5; do
+for m in teacher converted distilled hybrid distilled5; do  # (converted5: its state only)
   [ -f "$X/$m.listening.txt" ] ||
     $DUPLEX bench listening --model "$X/$m" --sets rewordings near_domain out_of_domain no_image session \
       > "$X/$m.listening.txt.part" && mv "$X/$m.listening.txt.part" "$X/$m.listening.txt"
