@@ -61,10 +61,14 @@ mkdir -p "$X/distill5_run"
 
 # 5. Every model once on the TEST sets (held-out phrasings and voice, real recordings) and the quality bench.
 for m in teacher converted distilled hybrid distilled5; do  # (converted5: its state only)
-  [ -f "$X/$m.listening.txt" ] ||
+  if [ ! -f "$X/$m.listening.txt" ]; then
     $DUPLEX bench listening --model "$X/$m" --sets rewordings near_domain out_of_domain no_image session \
-      > "$X/$m.listening.txt.part" && mv "$X/$m.listening.txt.part" "$X/$m.listening.txt"
-  [ -f "$X/$m.quality.txt" ] ||
-    $DUPLEX bench quality --model "$X/$m" > "$X/$m.quality.txt.part" && mv "$X/$m.quality.txt.part" "$X/$m.quality.txt"
+      > "$X/$m.listening.txt.part"
+    mv "$X/$m.listening.txt.part" "$X/$m.listening.txt"
+  fi
+  if [ ! -f "$X/$m.quality.txt" ]; then
+    $DUPLEX bench quality --model "$X/$m" > "$X/$m.quality.txt.part"
+    mv "$X/$m.quality.txt.part" "$X/$m.quality.txt"
+  fi
 done
 grep -h "^device\|state per session" "$X"/*.quality.txt | tee "$X/state.txt"
