@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Issue 28's CPU experiment: an all-attention teacher, its conversion to a Mamba2 hybrid (two thirds of its
-# layers), that hybrid distilled, and our own hybrid, each given the same data and the same step budget, then
+# Issue 28's CPU experiment: an all-attention teacher, its conversion to a Mamba2 hybrid (two thirds, and five
+# sixths, of its layers), those hybrids distilled, and our own hybrid, each given the same data and the same step budget, then
 # every model scored once on the held-out TEST sets (nothing here chooses a checkpoint: budgets are fixed in
 # advance and the last step of each run is the model). Every step resumes when the script is run again.
 #
 #   ./scripts/distill_experiment.sh [STEPS]      # default 600 steps per run; ~2.5 h on 2 cores
 #
-# Results: runs/x28/*.txt (the tables quoted in docs/benchmarks.md, "Attention -> hybrid conversion").
+# Results: runs/x28/*.txt (the tables quoted in docs/benchmarks.md, "Attention to hybrid").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-600}
@@ -16,6 +16,28 @@ DATA=data/synth/distill_21,data/synth/distill_22
 KINDS=add=2.5,sub=2,howmany=2,greet=1.5,spell=1.5,refuse_near=2,refuse_out=1.5,interrupted=2,session=2
 BATCHES=(--data "$DATA" --frames 128 --batch 16 --kind-weights "$KINDS")
 mkdir -p "$X"
+
+same_encoding() {  # RUN: start from the teacher run's encoded dialogues (the same data, encoded once)
+  mkdir -p "$1"
+  [ -f "$1/examples.pt" ] || cp "$X/teacher_run/examples.pt" "$1/"
+}
+
+convert_and_distill() {  # PATTERN SUFFIX: convert the teacher, then distil it with the same budget and data
+  [ -f "$X/converted$2/lm.safetensors" ] ||
+    $DUPLEX convert hybrid "$X/teacher" --pattern "$1" --out "$X/converted$2" | tee "$X/convert$2.txt"
+  same_encoding "$X/distill$2_run"
+  [ -f "$X/distilled$2/lm.safetensors" ] ||
+    $DUPLEX train distill "${BATCHES[@]}" --teacher "$X/teacher" --student "$X/converted$2" \
+      --run "$X/distill$2_run" --steps "$STEPS" --lr 8e-4 --export "$X/distilled$2"
+}
+
+score() {  # MODEL BENCH ARGS...: one bench, once per model (the output is written when it is complete)
+  local model=$1 bench=$2 out="$X/$1.$2.txt"
+  shift 2
+  [ -f "$out" ] && return 0
+  $DUPLEX bench "$bench" --model "$X/$model" "$@" > "$out.part"
+  mv "$out.part" "$out"
+}
 
 for seed in 21 22; do  # the same generator as the shipped model's last rounds, fresh seeds
   [ -d "data/synth/distill_$seed" ] ||
@@ -32,43 +54,22 @@ done
     --export "$X/teacher"
 
 # 2. Our hybrid (MMAMMA, its own Mamba2 shape), from the same shipped weights, with the same budget and data.
-mkdir -p "$X/hybrid_run"
-[ -f "$X/hybrid_run/examples.pt" ] || cp "$X/teacher_run/examples.pt" "$X/hybrid_run/"  # the same encoding
+same_encoding "$X/hybrid_run"
 [ -f "$X/hybrid/lm.safetensors" ] ||
   $DUPLEX train lm "${BATCHES[@]}" --codec agent/weights/default/codec.safetensors --run "$X/hybrid_run" \
     --init agent/weights/default/lm.safetensors --steps "$STEPS" --lr 8e-4 --aux-weight 1.0 --export "$X/hybrid"
 
-# 3. Two thirds of the teacher's layers (0, 1, 3, 4) become Mamba2 mixers initialised from their attention.
-[ -f "$X/converted/lm.safetensors" ] ||
-  $DUPLEX convert hybrid "$X/teacher" --pattern MMA --out "$X/converted" | tee "$X/convert.txt"
+# 3. Two thirds of the teacher's layers (0, 1, 3, 4) become Mamba2 mixers initialised from their attention, then
+#    are distilled from the frozen teacher (KL of text and audio, end to end).
+convert_and_distill MMA ""
 
-# 4. Distillation from the frozen teacher, the same budget and data (KL of text and audio, end to end).
-mkdir -p "$X/distill_run"
-[ -f "$X/distill_run/examples.pt" ] || cp "$X/teacher_run/examples.pt" "$X/distill_run/"
-[ -f "$X/distilled/lm.safetensors" ] ||
-  $DUPLEX train distill "${BATCHES[@]}" --teacher "$X/teacher" --student "$X/converted" \
-    --run "$X/distill_run" --steps "$STEPS" --lr 8e-4 --export "$X/distilled"
-
-# 4b. Five sixths converted (MMMMMA: only layer 5, which also reads the image, keeps attention): two thirds
-#     leave a third of the keys/values, so at most 3x less state; this is the ratio the goal asks for.
-[ -f "$X/converted5/lm.safetensors" ] ||
-  $DUPLEX convert hybrid "$X/teacher" --pattern MMMMMA --out "$X/converted5" | tee "$X/convert5.txt"
-mkdir -p "$X/distill5_run"
-[ -f "$X/distill5_run/examples.pt" ] || cp "$X/teacher_run/examples.pt" "$X/distill5_run/"
-[ -f "$X/distilled5/lm.safetensors" ] ||
-  $DUPLEX train distill "${BATCHES[@]}" --teacher "$X/teacher" --student "$X/converted5" \
-    --run "$X/distill5_run" --steps "$STEPS" --lr 8e-4 --export "$X/distilled5"
+# 4. Five sixths converted (MMMMMA: only layer 5, which also reads the image, keeps attention): two thirds
+#    leave a third of the keys/values, so at most 3x less state; this is the ratio the goal asks for.
+convert_and_distill MMMMMA 5
 
 # 5. Every model once on the TEST sets (held-out phrasings and voice, real recordings) and the quality bench.
 for m in teacher converted distilled hybrid distilled5; do  # (converted5: its state only)
-  if [ ! -f "$X/$m.listening.txt" ]; then
-    $DUPLEX bench listening --model "$X/$m" --sets rewordings near_domain out_of_domain no_image session \
-      > "$X/$m.listening.txt.part"
-    mv "$X/$m.listening.txt.part" "$X/$m.listening.txt"
-  fi
-  if [ ! -f "$X/$m.quality.txt" ]; then
-    $DUPLEX bench quality --model "$X/$m" > "$X/$m.quality.txt.part"
-    mv "$X/$m.quality.txt.part" "$X/$m.quality.txt"
-  fi
+  score "$m" listening --sets rewordings near_domain out_of_domain no_image session
+  score "$m" quality
 done
 grep -h "^device\|state per session" "$X"/*.quality.txt | tee "$X/state.txt"
