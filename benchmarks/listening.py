@@ -115,7 +115,7 @@ def real_sets() -> list[dict]:
 def score_turns(dialogues: list[dict], results) -> list[dict]:
     """One row per turn: what it said between the end of the question and the next question."""
     from agent.training.phrasing import NOTHING_SEEN, REFUSAL
-    from benchmarks.quality import SPEAKING_RMS
+    from benchmarks.quality import silent_after_barge_in
 
     refusal, nothing = _words(REFUSAL), _words(NOTHING_SEEN)
     rows = []
@@ -123,9 +123,8 @@ def score_turns(dialogues: list[dict], results) -> list[dict]:
         turns = d["turns"]
         for i, t in enumerate(turns):
             if "barge_in" in t:  # cut short: is the agent silent 0.5-1.0 s after the user's "stop"?
-                onset = t["barge_in"] // FRAME
-                window = pcm[(onset + 6) * FRAME:(onset + 12) * FRAME].reshape(-1, FRAME)
-                talking = bool(window.size) and bool(np.any(np.sqrt(np.mean(window ** 2, axis=1)) > SPEAKING_RMS))
+                frame_rms = np.sqrt(np.mean(pcm.reshape(-1, FRAME) ** 2, axis=1))
+                talking = silent_after_barge_in(frame_rms, t["barge_in"] // FRAME) is False
                 rows.append({"set": d["set"], "kind": t["kind"], "position": i, "question": t["question"],
                              "expected": "(silence after the barge-in)", "got": "kept talking" if talking else "",
                              "outcome": "talking" if talking else "stopped", "ok": not talking})

@@ -42,6 +42,13 @@ def _spoken_words(text: str) -> list[str]:
     return words
 
 
+def silent_after_barge_in(frame_rms: np.ndarray, onset: int) -> bool | None:
+    """Has the agent fallen silent 0.5-1.0 s after a barge-in that starts at frame `onset`? None when the
+    output ends before that window."""
+    window = frame_rms[onset + 6: onset + 12]
+    return bool(np.all(window <= SPEAKING_RMS)) if window.size else None
+
+
 def session_state_mb(bundle) -> float:
     """What one conversation holds in the LM (KV rings, Mamba2 conv + SSM state, depth transformer, vision
     cross-attention), measured on the state the engine allocates rather than computed from the config."""
@@ -126,9 +133,9 @@ def score(dialogues, results) -> dict:
             later = speech[speech > d["user_end"] + RATE // 10]
             if later.size:
                 onset = later[0] // FRAME
-                window = rms[onset + 6: onset + 12]  # 0.5-1.0 s after the barge-in starts
-                if window.size:
-                    stopped.append(int(np.all(window <= SPEAKING_RMS)))
+                silent = silent_after_barge_in(rms, onset)
+                if silent is not None:
+                    stopped.append(int(silent))
         if speech.size:
             s0, s1 = speech[0] // FRAME, min(end_f, frames)
             if s1 > s0:
