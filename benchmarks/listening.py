@@ -9,6 +9,8 @@ Two kinds of set, never mixed up:
   round 12, so rounds compare on one set), "selection_rewordings" (since round 14) the `select` phrasings, which
   no training draw uses and no test set reads: generalisation to new phrasings, measured apart from the tests.
   "selection_barge_in" (since round 15): answers the user cuts short; the model must fall silent.
+  "selection_out_of_domain" (since round 15): `select` requests it must refuse or leave unanswered; the other
+  selection sets held too few of them (27) to see a round that invents more out of domain.
 - real human speech (`benchmarks.real_speech`) belongs to the test sets only.
 """
 
@@ -56,7 +58,8 @@ TEST_SETS = [
 REAL_SET_GOALS = {"real_recordings": "refusal or silence", "real_voice": ">= 85% exact (unseen kind of voice)"}
 SELECTION_SETS = [SetSpec("selection", "listed", 120, IN_DOMAIN + ["refuse_near", "refuse_out", "passage"], 0.6),
                   SetSpec("selection_rewordings", "select", 96, IN_DOMAIN + ["refuse_near", "refuse_out"], 0.6),
-                  SetSpec("selection_barge_in", "listed", 40, IN_DOMAIN, 0.6, barge_in=1.0)]
+                  SetSpec("selection_barge_in", "listed", 40, IN_DOMAIN, 0.6, barge_in=1.0),
+                  SetSpec("selection_out_of_domain", "select", 60, ["refuse_near", "refuse_out", "passage"], 0.5)]
 
 
 def build_set(spec: SetSpec, seed: int, voices=None) -> list[dict]:

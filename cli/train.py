@@ -33,6 +33,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        help="with --mix listen: the user cuts this share (0-1) of the sessions' answers short "
                             "(\"stop\", \"wait\"...) and the agent stops within 160 ms, mid-session (default 0; "
                             "classic dialogues keep their own 15%% of barge-ins)")
+    synth.add_argument("--turns", default="1-3", metavar="MIN-MAX",
+                       help="with --mix listen: questions per listening session, drawn evenly in MIN-MAX "
+                            "(default 1-3; longer sessions teach many questions in one conversation)")
     synth.set_defaults(handler=_synth)
     prep = dsub.add_parser(
         "prepare", help="recorded conversations -> training dialogues (agent words time-stamped by whisper)",
@@ -89,6 +92,23 @@ def _prepare(args) -> int:
     return 0 if report.prepared or report.already_done else 1
 
 
+MAX_SESSION_TURNS = 20
+
+
+def _turns(spec: str) -> tuple[int, int]:
+    """"2-6" -> (2, 6); "4" -> (4, 4)."""
+    from agent.errors import UserFacingError
+
+    lo, _, hi = spec.partition("-")
+    try:
+        turns = (int(lo), int(hi or lo))
+    except ValueError:
+        raise UserFacingError(f"--turns takes MIN-MAX questions per session, such as 1-3 (got {spec!r})") from None
+    if not 1 <= turns[0] <= turns[1] <= MAX_SESSION_TURNS:
+        raise UserFacingError(f"--turns needs 1 <= MIN <= MAX <= {MAX_SESSION_TURNS} (got {spec!r})")
+    return turns
+
+
 def _synth(args) -> int:
     from agent.errors import UserFacingError
 
@@ -98,13 +118,16 @@ def _synth(args) -> int:
         raise UserFacingError(f"--barge-in is a share of the answers, between 0 and 1 (got {args.barge_in})")
     if args.barge_in and args.mix != "listen":
         raise UserFacingError("--barge-in shapes listening sessions: add --mix listen")
+    turns = _turns(args.turns)
+    if turns != (1, 3) and args.mix != "listen":
+        raise UserFacingError("--turns shapes listening sessions: add --mix listen")
     from agent.training.synth import synth_dataset
     from agent.training.tts import TTSError
 
     try:
         n = synth_dataset(Path(args.out), args.count, args.seed, held_out=args.held_out, voices=args.voices,
                           augment=args.augment, mix=args.mix, room=args.room,
-                          barge_in=args.barge_in)
+                          barge_in=args.barge_in, turns=turns)
     except TTSError as exc:
         raise UserFacingError(str(exc)) from exc
     print(f"wrote {n} new dialogues to {args.out}")

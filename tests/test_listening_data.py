@@ -52,6 +52,23 @@ def test_composed_phrasings_are_many_and_keep_one_answer():
     assert len(seen) > 250  # almost every draw is a new sentence
 
 
+def test_out_of_domain_requests_in_its_own_frames_hold_nothing_it_can_answer():
+    """Framed out-of-domain requests open like its questions ("what is ...", "can you ...") and hold no
+    number, operator, colour or shape word: the core, not the frame, tells a request from a question."""
+    from agent.training import phrasing_grammar as grammar
+    from agent.training.dialogues import COLOURS, NUMBERS, SHAPES
+
+    domain = {"plus", "minus", "add", "subtract", "times", "spell", "count", "see", "colour", "color", "many",
+              *COLOURS, *SHAPES, *(f"{s}s" for s in SHAPES), *NUMBERS}
+    rng = random.Random(3)
+    drawn = {grammar.framed_out_of_domain(rng) for _ in range(2000)}
+    assert len(drawn) > 1000
+    for text in drawn:
+        assert not set(text.split()) & domain, text
+    frames = {f.split("{")[0] for f in grammar.QUESTION_FRAMES + grammar.COMMAND_FRAMES} - {""}
+    assert sum(any(t.startswith(f) for f in frames) for t in drawn) > 0.8 * len(drawn)
+
+
 def _matches(template: str, text: str) -> bool:
     import re
 
@@ -163,3 +180,29 @@ def test_synth_refuses_a_barge_in_share_it_cannot_honour(tmp_path, capsys, args,
 
     assert main(["data", "synth", "--out", str(tmp_path / "d"), "--count", "2", *args]) == 1
     assert said in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("args, said", [(["--turns", "0-4", "--mix", "listen"], "1 <= MIN"),
+                                        (["--turns", "5-2", "--mix", "listen"], "1 <= MIN"),
+                                        (["--turns", "two", "--mix", "listen"], "MIN-MAX"),
+                                        (["--turns", "2-5"], "add --mix listen")])
+def test_synth_refuses_session_lengths_it_cannot_honour(tmp_path, capsys, args, said):
+    from cli.main import main
+
+    assert main(["data", "synth", "--out", str(tmp_path / "d"), "--count", "2", *args]) == 1
+    assert said in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_synth_turns_sets_the_questions_per_listening_session(tmp_path):
+    import torch
+
+    from cli.main import main
+
+    assert main(["data", "synth", "--out", str(tmp_path / "d"), "--count", "6", "--seed", "3", "--mix", "listen",
+                 "--turns", "4-5"]) == 0
+    dialogues = [d for f in sorted((tmp_path / "d").glob("shard_*.pt")) for d in torch.load(f, weights_only=False)]
+    sessions = [d for d in dialogues if "turns" in d]
+    assert sessions and all(4 <= len(d["turns"]) <= 5 for d in sessions)
+    for d in sessions:  # every question in order, each one's answer after it
+        starts = [t["user_start"] for t in d["turns"]]
+        assert starts == sorted(starts)

@@ -76,7 +76,8 @@ def add_batch_args(p: argparse.ArgumentParser) -> None:
     """How dialogues are drawn into batches: shared by `train lm` and `train distill` (the same data pipeline)."""
     p.add_argument("--kind-weights", default="", type=parse_kind_weights, metavar="KIND=W,...",
                    help="draw dialogues of these kinds W times as often (e.g. add=3,see=2; kinds: add sub count "
-                        "spell greet see colour howmany silence interrupted); the rest weigh 1")
+                        "spell greet see colour howmany silence interrupted, and from --mix listen data: "
+                        "refuse_near refuse_out passage unseen session); the rest weigh 1")
     p.add_argument("--speaker-warps", type=int, default=0, metavar="N",
                    help="also encode each dialogue's user track as said by N speakers drawn in the vocoder "
                         "codec's feature space (formant shift, tilt, channel colour, pitch); each draw of a "

@@ -104,7 +104,9 @@ NEAR_DOMAIN: dict[str, list[str]] = {
                  "please count to {n}", "what's {a} squared", "what is half of {a}", "multiply {a} by {b}",
                  "what is {a} percent of {b}", "how big is the {s}", "count down from {a}"],
     "select": ["can you multiply {a} and {b}", "what's {a} times {b} equal to", "give me the spelling of {w}",
-               "count all the way up to {n}", "what's {a} over {b}"],
+               "count all the way up to {n}", "what's {a} over {b}", "what do you get if you multiply {a} by {b}",
+               "tell me {a} divided by {b}", "i'd like the spelling of {w}", "count up as far as {n}",
+               "what's double {a}"],
 }
 UNSPELLABLE = {"train": ["elephant", "computer", "banana", "window", "garden", "teacher", "orange", "people"],
                "held_out": ["giraffe", "kitchen", "yellow", "music", "summer", "planet"]}
@@ -129,7 +131,12 @@ OUT_OF_DOMAIN: dict[str, list[str]] = {
                  "read me the news", "how many people live in london", "what time does the shop close",
                  "find me a recipe for soup", "can you recommend a film", "lock the back door"],
     "select": ["what's the temperature outside", "play my favourite playlist", "how do i boil an egg",
-               "who is the president", "can you order a taxi for me", "turn the heating on"],
+               "who is the president", "can you order a taxi for me", "turn the heating on",
+               "what is the population of japan", "can you tell me what a volcano is", "how long is a marathon",
+               "do you know the way to the park", "please close the garage", "what's the speed limit here",
+               "tell me what the tide is doing", "can you find my glasses", "what's good to watch tonight",
+               "what is the tallest mountain in the world", "could you water the garden",
+               "when does the bus come", "what's a good name for a cat", "how do planes stay up"],
 }
 
 # Long passages not addressed to the agent (reading aloud, chatter): it stays silent.
@@ -147,7 +154,9 @@ PASSAGES: dict[str, list[str]] = {
                  "the library closes early on sundays so we usually go there on friday evenings",
                  "he painted the fence white and then sat in the sun to admire his work"],
     "select": ["the bakery on the corner opens at six and sells out of rolls before nine most days",
-               "they drove to the mountains for the weekend and hiked until the sun went down"],
+               "they drove to the mountains for the weekend and hiked until the sun went down",
+               "the letter arrived on tuesday but nobody opened it until the following week",
+               "grandfather kept bees behind the barn and sold the honey at the summer fair"],
 }
 
 

@@ -129,6 +129,38 @@ OOD_FIXED = ["what's on tv tonight", "are you a robot", "what are you", "do you 
              "can you help me", "what can you do", "where do you live", "tell me about yourself",
              "what's the date today", "why is the sky blue", "what are you doing"]
 
+# Out-of-domain requests in its own questions' frames ("what is X", "can you C"), cores made of everyday words:
+# round 14 invented an answer for 57% of held-out requests, most of which open like its own questions ("what is
+# the capital of france", "can you recommend a film"); here the frame says nothing and the core decides. The
+# vocabulary holds no number, operator, colour or shape word, so no draw is a question it can answer.
+FRAMED_NOUNS = ["the weather", "the news", "the time", "the date", "the traffic", "the score", "the menu",
+                "the price", "the recipe", "the password", "the address", "the weekend", "the football", "the film",
+                "the train", "the bus", "the garden", "the kitchen", "the doctor", "the teacher", "the meeting",
+                "the holiday", "the river", "the mountain", "the city", "the market", "the library", "the hotel",
+                "the airport", "the station", "the museum", "the office", "the bank", "the shop", "the beach",
+                "my phone", "my car", "my keys", "my bill", "my order", "my flight", "my appointment", "my email",
+                "my account", "my parcel", "your name", "your job", "your favourite song", "your opinion",
+                "the meaning of that", "the population of spain", "the height of that tower", "the best film",
+                "the capital of peru", "the speed of light", "the tallest building", "the longest river",
+                "the biggest city", "the oldest tree", "the name of that song", "the plan for today",
+                "the story of the king", "the history of rome", "the rules of chess", "the way home"]
+FRAMED_VERBS = ["open", "close", "book", "cancel", "order", "find", "check", "call", "text", "play", "pause",
+                "stop playing", "turn on", "turn off", "switch on", "switch off", "lock", "unlock", "record",
+                "download", "share", "delete", "save", "explain", "describe", "recommend", "translate",
+                "read out", "look up", "search for", "fix", "clean", "water", "feed", "charge", "wash", "cook"]
+FRAMED_OBJECTS = ["the door", "the window", "the lights", "the heating", "the radio", "the television", "my music",
+                  "the alarm", "a table", "a taxi", "a room", "a song", "the news", "a recipe", "the dishes",
+                  "the plants", "the cat", "the dog", "my phone", "the car", "my calendar", "a story",
+                  "the email", "the photos", "a film", "the shopping list", "the oven", "the fan", "my messages"]
+
+
+def framed_out_of_domain(rng: random.Random) -> str:
+    """An out-of-domain request asked in one of its own questions' frames (never a question it can answer)."""
+    if rng.random() < 0.5:
+        return rng.choice(QUESTION_FRAMES).replace("{X}", rng.choice(FRAMED_NOUNS))
+    return rng.choice(COMMAND_FRAMES).replace("{C}", f"{rng.choice(FRAMED_VERBS)} {rng.choice(FRAMED_OBJECTS)}")
+
+
 # Read passages: clauses strung together, long and plainly not addressed to the agent.
 SUBJECTS = ["the old man", "my sister", "the children", "our neighbour", "a small dog", "the teacher", "the farmer",
             "everyone in the village", "the captain", "my grandmother", "the young woman", "two boys"]
@@ -225,13 +257,16 @@ def out_of_domain(rng: random.Random) -> str:
 
     held = set(OUT_OF_DOMAIN["held_out"]) | set(OUT_OF_DOMAIN["select"])
     while True:
-        if rng.random() < 0.25:
+        r = rng.random()
+        if r < 0.2:
             text = rng.choice(OOD_FIXED)
+        elif r < 0.5:
+            text = framed_out_of_domain(rng)
         else:
             t = rng.choice(OOD_TEMPLATES)
             text = t.format(**{k: rng.choice(v) for k, v in OOD_SLOTS.items() if "{" + k + "}" in t})
         text = _decorate(text, rng, p=0.25)
-        if text not in held:
+        if not undecorated(text) & held:
             return text
 
 

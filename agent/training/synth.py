@@ -195,7 +195,7 @@ VOICE_POOLS = {"base": TRAIN_USER_VOICES, "wide": WIDE_USER_VOICES, "wider": WID
 
 def synth_dataset(out: Path, count: int, seed: int, held_out: bool = False, vision: bool = True,
                   voices: str = "base", augment: bool = False, mix: str = "classic", room: float = 0.0,
-                  barge_in: float = 0.0) -> int:
+                  barge_in: float = 0.0, turns: tuple[int, int] = (1, 3)) -> int:
     """Write `count` dialogues as shards of SHARD; skips shards that already exist (resumable).
 
     `voices` picks the training user-voice pool ("base": the 12 voices of the first shipped model, "wide": 200+,
@@ -204,7 +204,8 @@ def synth_dataset(out: Path, count: int, seed: int, held_out: bool = False, visi
     `mix` "listen": 60% listening sessions (`make_session`: natural phrasings, refusals, several questions), 40%
     classic dialogues (single questions, silences, barge-ins);
     `room` passes that share of the user tracks through a drawn room-and-microphone chain (`room.RoomAugment`);
-    `barge_in` is the share of the listening sessions' answers the user interrupts (`make_session`)."""
+    `barge_in` is the share of the listening sessions' answers the user interrupts (`make_session`);
+    `turns` the range of questions per listening session."""
     from agent.training.room import RoomAugment
 
     pool = [HELD_OUT_VOICE] if held_out else VOICE_POOLS[voices]
@@ -226,7 +227,7 @@ def synth_dataset(out: Path, count: int, seed: int, held_out: bool = False, visi
             items = []
             for _ in range(n):
                 if mix == "listen" and rng.random() < 0.6:
-                    d = make_session(rng, tts, pool, "train", aug, barge_in=barge_in)
+                    d = make_session(rng, tts, pool, "train", aug, turns=turns, barge_in=barge_in)
                 else:
                     d = make_dialogue(rng, tts, pool, vision, aug)
                 if acoustics is not None:
