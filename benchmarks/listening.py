@@ -201,6 +201,15 @@ def run_listening(bundle, sets: list[SetSpec], seed: int = 4242, real: bool = Tr
     return rows, summarize(rows)
 
 
+def selection_mean(rows: list[dict]) -> float:
+    """The selection sets' figures averaged with one weight each (not per question): the number a round's
+    shipping rule compares (docs/training.md, round 15), so that a small set such as barge-ins counts."""
+    names = [s.name for s in SELECTION_SETS]
+    shares = [np.mean([r["ok"] for r in rows if r["set"] == n]) * 100 for n in names
+              if any(r["set"] == n for r in rows)]
+    return float(np.mean(shares))
+
+
 def print_table(lines: list[tuple[str, str, str]]) -> None:
     width = max(len(n) for n, _, _ in lines)
     for name, figure, detail in lines:
@@ -226,6 +235,8 @@ def run_listening_bench(args) -> int:
     t0 = time.time()
     rows, lines = run_listening(bundle, sets, real=not args.selection and not args.no_real, batch=args.batch)
     print_table(lines)
+    if args.selection:
+        print(f"  mean of the {len(SELECTION_SETS)} selection sets (one weight each): {selection_mean(rows):.1f}%")
     print(f"({time.time() - t0:.0f} s)")
     if args.rows:
         Path(args.rows).write_text("".join(json.dumps(r) + "\n" for r in rows))
