@@ -118,16 +118,16 @@ def real_sets() -> list[dict]:
 def score_turns(dialogues: list[dict], results) -> list[dict]:
     """One row per turn: what it said between the end of the question and the next question."""
     from agent.training.phrasing import NOTHING_SEEN, REFUSAL
-    from benchmarks.quality import silent_after_barge_in
+    from benchmarks.quality import frame_rms, silent_after_barge_in
 
     refusal, nothing = _words(REFUSAL), _words(NOTHING_SEEN)
     rows = []
     for d, (texts, pcm) in zip(dialogues, results):
         turns = d["turns"]
+        rms = frame_rms(pcm, len(texts))
         for i, t in enumerate(turns):
             if "barge_in" in t:  # cut short: is the agent silent 0.5-1.0 s after the user's "stop"?
-                frame_rms = np.sqrt(np.mean(pcm.reshape(-1, FRAME) ** 2, axis=1))
-                talking = silent_after_barge_in(frame_rms, t["barge_in"] // FRAME) is False
+                talking = silent_after_barge_in(rms, t["barge_in"] // FRAME) is False
                 rows.append({"set": d["set"], "kind": t["kind"], "position": i, "question": t["question"],
                              "expected": "(silence after the barge-in)", "got": "kept talking" if talking else "",
                              "outcome": "talking" if talking else "stopped", "ok": not talking})

@@ -42,6 +42,11 @@ def _spoken_words(text: str) -> list[str]:
     return words
 
 
+def frame_rms(pcm: np.ndarray, frames: int) -> np.ndarray:
+    """The RMS of each of the first `frames` 80 ms frames of the agent's output: what "speaking" is judged on."""
+    return np.sqrt(np.mean(pcm[: frames * FRAME].reshape(frames, FRAME) ** 2, axis=1)) if frames else np.zeros(0)
+
+
 def silent_after_barge_in(frame_rms: np.ndarray, onset: int) -> bool | None:
     """Has the agent fallen silent 0.5-1.0 s after a barge-in that starts at frame `onset`? None when the
     output ends before that window."""
@@ -108,7 +113,7 @@ def score(dialogues, results) -> dict:
     texts_after: list[str] = []
     for d, (texts, pcm) in zip(dialogues, results):
         frames = len(texts)
-        rms = np.sqrt(np.mean(pcm[: frames * FRAME].reshape(frames, FRAME) ** 2, axis=1)) if frames else np.zeros(0)
+        rms = frame_rms(pcm, frames)
         end_f = d["user_end"] // FRAME
         qa = d.get("qa")
         after = "".join(texts[end_f:])

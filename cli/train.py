@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from agent.training.dialogues import SESSION_TURNS
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="training data for the embedded default model")
@@ -33,9 +35,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        help="with --mix listen: the user cuts this share (0-1) of the sessions' answers short "
                             "(\"stop\", \"wait\"...) and the agent stops within 160 ms, mid-session (default 0; "
                             "classic dialogues keep their own 15%% of barge-ins)")
-    synth.add_argument("--turns", default="1-3", metavar="MIN-MAX",
+    lo, hi = SESSION_TURNS
+    synth.add_argument("--turns", default=f"{lo}-{hi}", metavar="MIN-MAX",
                        help="with --mix listen: questions per listening session, drawn evenly in MIN-MAX "
-                            "(default 1-3; longer sessions teach many questions in one conversation)")
+                            f"(default {lo}-{hi}; longer sessions teach many questions in one conversation)")
     synth.set_defaults(handler=_synth)
     prep = dsub.add_parser(
         "prepare", help="recorded conversations -> training dialogues (agent words time-stamped by whisper)",
@@ -119,7 +122,7 @@ def _synth(args) -> int:
     if args.barge_in and args.mix != "listen":
         raise UserFacingError("--barge-in shapes listening sessions: add --mix listen")
     turns = _turns(args.turns)
-    if turns != (1, 3) and args.mix != "listen":
+    if turns != SESSION_TURNS and args.mix != "listen":
         raise UserFacingError("--turns shapes listening sessions: add --mix listen")
     from agent.training.synth import synth_dataset
     from agent.training.tts import TTSError

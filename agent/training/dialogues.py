@@ -75,6 +75,7 @@ LISTEN_KINDS = {  # relative frequency of each kind of turn in a listening sessi
     "refuse_near": 2.2, "refuse_out": 1.8, "passage": 0.6,
 }
 VISION_KINDS = ("see", "colour", "howmany")
+SESSION_TURNS = (1, 3)  # questions per listening session unless `data synth --turns` says otherwise
 
 
 def sample_turn(rng: random.Random, scene: Scene | None, split: str = "train", kind: str | None = None) -> QA:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from agent.training.dialogues import sample_qa
+from agent.training.dialogues import SESSION_TURNS, sample_qa
 from agent.training.tts import (
     AGENT_VOICE,
     HELD_OUT_VOICE,
@@ -105,7 +105,7 @@ def make_dialogue(rng: random.Random, tts: CachedTTS, voices: list[Voice], visio
 
 
 def make_session(rng: random.Random, tts: CachedTTS, voices: list[Voice], split: str = "train",
-                 augment: Augment | None = None, turns: tuple[int, int] = (1, 3), scene_p: float = 0.6,
+                 augment: Augment | None = None, turns: tuple[int, int] = SESSION_TURNS, scene_p: float = 0.6,
                  kinds: list[str] | None = None, barge_in: float = 0.0) -> dict:
     """A listening session: 1-3 questions in natural phrasings (`split` picks train or held-out phrasings),
     back to back or seconds apart, some it must refuse, vision questions with or without an image shown, and
@@ -195,7 +195,7 @@ VOICE_POOLS = {"base": TRAIN_USER_VOICES, "wide": WIDE_USER_VOICES, "wider": WID
 
 def synth_dataset(out: Path, count: int, seed: int, held_out: bool = False, vision: bool = True,
                   voices: str = "base", augment: bool = False, mix: str = "classic", room: float = 0.0,
-                  barge_in: float = 0.0, turns: tuple[int, int] = (1, 3)) -> int:
+                  barge_in: float = 0.0, turns: tuple[int, int] = SESSION_TURNS) -> int:
     """Write `count` dialogues as shards of SHARD; skips shards that already exist (resumable).
 
     `voices` picks the training user-voice pool ("base": the 12 voices of the first shipped model, "wide": 200+,
