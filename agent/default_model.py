@@ -61,11 +61,13 @@ def codec_config(codebooks: int = CODEBOOKS, filters: int = 8) -> CodecConfig:
     )
 
 
-def lm_config(text_card: int = TEXT_VOCAB, codebooks: int = CODEBOOKS) -> LMConfig:
-    """`codebooks` per speaker: the codec's (the depformer generates that many per frame)."""
+def lm_config(text_card: int = TEXT_VOCAB, codebooks: int = CODEBOOKS, semantic: int = 0) -> LMConfig:
+    """`codebooks` per speaker: the codec's acoustic ones (the depformer generates that many per frame);
+    `semantic`: user input streams after them that carry what was said (the ears' token, delay 0)."""
     k = codebooks
     return LMConfig(dim=256, num_heads=4, num_layers=6, pattern="MMA", context=250, text_card=text_card,
-                    card=256, n_q=2 * k, dep_q=k, delays=[0] + ([0] + [1] * (k - 1)) * 2,
+                    card=256, n_q=2 * k + semantic, dep_q=k,
+                    delays=[0] + ([0] + [1] * (k - 1)) * 2 + [0] * semantic,
                     depformer_dim=128, depformer_dim_feedforward=int(4.125 * 128), depformer_num_heads=4,
                     depformer_num_layers=2, mamba=MambaConfig(d_state=32, headdim=32, chunk_size=32),
                     vision=VisionAdapterConfig(xa_dim=128, layers=[5], encoder=dataclasses.asdict(

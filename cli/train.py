@@ -67,9 +67,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     train = sub.add_parser("train", help="train the default model's codec or LM (CPU, or GPU when present)")
     tsub = train.add_subparsers(dest="train_command", metavar="PART")
-    from agent.training import codec_train, distill, lm_train
+    from agent.training import codec_train, distill, ears_train, lm_train
 
     codec_train.add_command(tsub)
+    ears_train.add_command(tsub)
     lm_train.add_command(tsub)
     distill.add_command(tsub)
     train.set_defaults(handler=lambda args: train.print_help() or 2)

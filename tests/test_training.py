@@ -283,9 +283,11 @@ def test_train_lm_pattern_builds_an_all_attention_teacher():
     import argparse
 
     from agent.training.lm_train import _build_model
+    from models.codec import VocoderCodec
 
-    teacher = _build_model(argparse.Namespace(pattern="A"), None, 8, "cpu")
+    codec = VocoderCodec()  # 8 codebooks, no semantic token
+    teacher = _build_model(argparse.Namespace(pattern="A"), None, codec, "cpu")
     assert teacher.cfg.layer_kinds == "A" * teacher.cfg.num_layers
-    default = _build_model(argparse.Namespace(pattern=None), None, 8, "cpu")
+    default = _build_model(argparse.Namespace(pattern=None), None, codec, "cpu")
     assert "M" in default.cfg.layer_kinds
     assert sum(p.numel() for p in teacher.parameters()) != sum(p.numel() for p in default.parameters())

@@ -127,18 +127,19 @@ class Batcher:
         self.initial = torch.tensor([cfg.text_card] + [cfg.card] * cfg.n_q)
 
     def grid(self, ex) -> torch.Tensor:
-        """[1 + 2K, frames] undelayed rows: text, agent codebooks, user codebooks (padded with silence)."""
-        K, T = self.cfg.dep_q, self.frames
-        g = torch.empty(1 + 2 * K, T, dtype=torch.long)
+        """[1 + K + U, frames] undelayed rows: text, the agent's K codebooks, the user's U (K acoustic, then any
+        semantic token), padded with silence."""
+        K, U, T = self.cfg.dep_q, self.cfg.user_streams, self.frames
+        g = torch.empty(1 + K + U, T, dtype=torch.long)
         g[0] = self.cfg.text_padding_id
-        g[1:1 + K] = self.silence[:, None]
-        g[1 + K:] = self.silence[:, None]
+        g[1:1 + K] = self.silence[:K, None]
+        g[1 + K:] = self.silence[:U, None]
         # A recorded conversation (`duplex data prepare`) is longer than a sequence: a random window of it.
         a = self.rng.randrange(ex.text.shape[0] - T + 1) if ex.meta.get("crop") and ex.text.shape[0] > T else 0
         t = min(T, ex.text.shape[0] - a)
         g[0, :t] = ex.text[a:a + t]
         g[1:1 + K, :t] = ex.agent[:K, a:a + t].long()
-        g[1 + K:, :t] = self.user_codes(ex)[:K, a:a + t].long()
+        g[1 + K:, :t] = self.user_codes(ex)[:U, a:a + t].long()
         return g
 
     def user_codes(self, ex) -> torch.Tensor:
@@ -328,6 +329,16 @@ def load_matching(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> lis
     return fresh
 
 
+def zero_new_inputs(model: torch.nn.Module, fresh: list[str]) -> list[str]:
+    """Input embeddings of streams the source model did not have (the ears' semantic token) start at zero: the
+    new stream adds nothing until training teaches it to, so the model starts exactly as its source."""
+    new = [k for k in fresh if k.startswith("emb.") and k.endswith(".weight")]
+    with torch.no_grad():
+        for k in new:
+            model.get_parameter(k).zero_()
+    return new
+
+
 def _fail(message: str):
     from agent.errors import UserFacingError
 
@@ -348,8 +359,9 @@ def _init_source(init: str | None):
         _fail(f"--init {init}: {exc}")
 
 
-def _build_model(args, files, codec_layout: int, device):
-    """The LM to train: the default model's architecture (fresh, or from --init weights), or --init's model."""
+def _build_model(args, files, codec, device):
+    """The LM to train: the default model's architecture for `codec` (fresh, or from --init weights), or --init's
+    model."""
     from agent.default_model import lm_config
     from models.lm import LMModel, load_lm
 
@@ -358,7 +370,8 @@ def _build_model(args, files, codec_layout: int, device):
             _fail("--pattern shapes a fresh model; with --init the model keeps its own layers "
                   "(`duplex convert hybrid` changes them)")
         return load_lm(files.lm, cfg=files.lm_config, device=device, dtype=torch.float32).train()
-    cfg = lm_config(codebooks=codec_layout)
+    semantic = codec.semantic_codebooks
+    cfg = lm_config(codebooks=codec.num_codebooks - semantic, semantic=semantic)
     if getattr(args, "pattern", None):  # e.g. "A": an all-attention teacher for `duplex train distill`
         cfg = dataclasses.replace(cfg, pattern=args.pattern)
     return LMModel(cfg).to(device).train()
@@ -407,7 +420,7 @@ def run(args) -> int:
     seed_everything(args.seed)  # the same on every rank: identical initial weights and adapters
     user_streams = files.lm_config.user_streams if files is not None and files.lm_config else None
     codec = load_codec(codec_path, device=device, num_codebooks=user_streams)
-    model = _build_model(args, files, codec.num_codebooks, device)
+    model = _build_model(args, files, codec, device)
     if files is not None and files.tokenizer is None:
         _fail(f"--init {args.init}: the model has no text tokenizer to train its text stream with")
     cfg = model.cfg
@@ -448,9 +461,12 @@ def run(args) -> int:
         else:
             state = load_lm(init).state_dict()
         fresh = load_matching(model, state)
+        silent = zero_new_inputs(model, [k for k in fresh if k not in state])
         say(f"initialized from {args.init}" + (f"; {len(fresh)} tensors of other shapes start fresh: "
                                                 f"{', '.join(fresh[:6])}{' ...' if len(fresh) > 6 else ''}"
-                                                if fresh else ""))
+                                                if fresh else "")
+            + (f"; new input streams start at zero (the model starts as its source): {', '.join(silent)}"
+               if silent else ""))
     elif ckpt is None and files is not None:
         say(f"initialized from {files.name} ({files.folder})")
     lora = None

@@ -39,6 +39,12 @@ class StreamingCodec(nn.Module):
         raise NotImplementedError
 
     @property
+    def semantic_codebooks(self) -> int:
+        """Codebooks among `num_codebooks` that carry what was said rather than sound (the vocoder codec's
+        semantic token, last); the decoder ignores them."""
+        return 0
+
+    @property
     def delay(self) -> int:
         """Samples by which decoded audio lags the input."""
         return 0

@@ -16,12 +16,13 @@ Decoded audio lags the input by one 20 ms hop (the overlap-add waits for the nex
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 
 from models.codec.base import StreamingCodec, check_codebooks
+from models.codec.semantic import SemanticConfig, SemanticEncoder
 from models.state import StreamState, reset_rows
 
 
@@ -43,6 +44,13 @@ class VocoderConfig:
     bins: int = 256
     num_codebooks: int = 8
     noise_seconds: float = 2.0
+    # the ears' semantic token after the n_q acoustic codes (`models.codec.semantic`; SemanticConfig fields), or
+    # None; the codec then has n_q + 1 codebooks and encodes the token when num_codebooks is n_q + 1
+    semantic: dict | None = None
+
+    @property
+    def max_codebooks(self) -> int:
+        return self.n_q + (1 if self.semantic else 0)
 
     @property
     def frame_size(self) -> int:
@@ -102,6 +110,7 @@ class VocoderState(StreamState):
     noise_pos: torch.Tensor  # [B] int64
     excitation: torch.Tensor  # [B, 2, hop] last hop of (pulses, noise)
     tail: torch.Tensor  # [B, hop] overlap-add carried into the next frame
+    semantic: list[torch.Tensor] = field(default_factory=list)  # the semantic encoder's conv histories
 
     @property
     def batch_size(self) -> int:
@@ -112,7 +121,7 @@ class VocoderCodec(StreamingCodec):
     def __init__(self, cfg: VocoderConfig | None = None):
         super().__init__()
         cfg = cfg or VocoderConfig()
-        check_codebooks(cfg.num_codebooks, cfg.n_q)
+        check_codebooks(cfg.num_codebooks, cfg.max_codebooks)
         self.cfg = cfg
         hop, win = cfg.hop, cfg.window
         fb = mel_filterbank(cfg, cfg.n_fft)
@@ -134,10 +143,21 @@ class VocoderCodec(StreamingCodec):
         self.register_buffer("feature_mean", torch.zeros(cfg.frame_dim))
         self.register_buffer("feature_scale", torch.ones(cfg.frame_dim))
         self.register_buffer("codebooks", torch.zeros(cfg.n_q, cfg.bins, cfg.frame_dim))
+        self.semantic = None
+        if cfg.semantic:
+            scfg = SemanticConfig(**cfg.semantic)
+            if scfg.bins != cfg.bins or scfg.input_dim != cfg.frame_dim:
+                raise ValueError(f"the semantic encoder needs {cfg.bins} bins over {cfg.frame_dim}-dim frames, "
+                                 f"got {scfg.bins} over {scfg.input_dim}")
+            self.semantic = SemanticEncoder(scfg)
 
     @property
     def max_codebooks(self) -> int:
-        return self.cfg.n_q
+        return self.cfg.max_codebooks
+
+    @property
+    def semantic_codebooks(self) -> int:
+        return 1 if self.semantic is not None and self.cfg.num_codebooks > self.cfg.n_q else 0
 
     @property
     def bins(self) -> int:
@@ -163,7 +183,8 @@ class VocoderCodec(StreamingCodec):
                             phase=torch.zeros(batch, device=device),
                             noise_pos=torch.zeros(batch, dtype=torch.long, device=device),
                             excitation=torch.zeros(batch, 2, hop, device=device),
-                            tail=torch.zeros(batch, hop, device=device))
+                            tail=torch.zeros(batch, hop, device=device),
+                            semantic=self.semantic.init_state(batch, device) if self.semantic is not None else [])
 
     # -- analysis ---------------------------------------------------------------------------------
     def analyse(self, windows: torch.Tensor) -> torch.Tensor:
@@ -229,7 +250,7 @@ class VocoderCodec(StreamingCodec):
     def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, K, T] -> z [B, T, D]."""
         z = 0
-        for q in range(codes.shape[1]):
+        for q in range(min(codes.shape[1], self.cfg.n_q)):  # a semantic token (last) carries no sound
             z = z + self.codebooks[q][codes[:, q].long()]
         return z
 
@@ -243,13 +264,19 @@ class VocoderCodec(StreamingCodec):
     def encode_step(self, wav: torch.Tensor, state: VocoderState) -> torch.Tensor:
         """wav: [B, 1, k*frame_size] -> codes [B, num_codebooks, k]. Advances `state`."""
         wav = self._check_frames(wav)[:, 0]
-        return self.encode_features(self.features_step(wav, state))
+        return self.encode_features(self.features_step(wav, state), state)
 
-    def encode_features(self, feats: torch.Tensor) -> torch.Tensor:
+    def encode_features(self, feats: torch.Tensor, state: VocoderState | None = None) -> torch.Tensor:
         """features [B, k * subframes, n_mels + 2] -> codes [B, num_codebooks, k]: the quantizing half of
-        `encode_step`, for features changed between analysis and quantization (training's drawn speakers)."""
+        `encode_step`, for features changed between analysis and quantization (training's drawn speakers).
+        The semantic token (when num_codebooks counts it) steps `state.semantic`; no state: a fresh one."""
         frames = feats.reshape(feats.shape[0], feats.shape[1] // self.cfg.subframes, self.cfg.frame_dim)
-        return self.quantize(self.normalize(frames), self.num_codebooks)
+        z = self.normalize(frames)
+        codes = self.quantize(z, min(self.num_codebooks, self.cfg.n_q))
+        if not self.semantic_codebooks:
+            return codes
+        tokens = self.semantic.tokens(z, state.semantic if state is not None else None)
+        return torch.cat([codes, tokens[:, None]], 1)
 
     def decode_step(self, codes: torch.Tensor, state: VocoderState) -> torch.Tensor:
         """codes: [B, K, k] -> wav [B, 1, k*frame_size] (20 ms behind the input). Advances `state`."""
