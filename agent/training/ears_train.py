@@ -64,6 +64,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warp-share", type=float, default=0.75,
                    help="share of windows said by a drawn speaker (default 0.75)")
     p.add_argument("--kmeans-frames", type=int, default=200_000, help="frames the clusters are fit on")
+    p.add_argument("--score", default=None, metavar="FOLDERS",
+                   help="after training, also score the token on these dialogue folders (comma-separated; e.g. "
+                        "a held-out voice from `duplex data synth --held-out`): accuracy against whisper's clusters")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (a GPU when present)")
@@ -208,7 +211,7 @@ def evaluate(student, sampler: WindowSampler, items: list[dict], seed: int = 1) 
     student.eval()
     rng = random.Random(seed)
     cfg = sampler.codec.cfg
-    hits = {"recorded": [0, 0], "drawn": [0, 0], "speech": [0, 0]}
+    hits = {"recorded": [0, 0], "drawn": [0, 0], "recorded_speech": [0, 0], "drawn_speech": [0, 0]}
     same = [0, 0]
     for it in items:
         y = sampler.targets(it["target"]).to(sampler.codec.device)
@@ -220,16 +223,15 @@ def evaluate(student, sampler: WindowSampler, items: list[dict], seed: int = 1) 
         speech[: sampler.lag] = False
         base = student.tokens(sampler.frames(it["feats"])[None])[0]
         drawn = student.tokens(sampler.frames(it["feats"], SpeakerWarp.draw(rng))[None])[0]
-        for name, tok, mask in (("recorded", base, ok), ("drawn", drawn, ok), ("speech", drawn, speech)):
+        for name, tok, mask in (("recorded", base, ok), ("drawn", drawn, ok), ("recorded_speech", base, speech),
+                                ("drawn_speech", drawn, speech)):
             hits[name][0] += int((tok[mask] == y[mask]).sum())
             hits[name][1] += int(mask.sum())
         same[0] += int((base == drawn).sum())
         same[1] += base.numel()
     student.train()
-    return {"accuracy_recorded": hits["recorded"][0] / max(1, hits["recorded"][1]),
-            "accuracy_drawn": hits["drawn"][0] / max(1, hits["drawn"][1]),
-            "accuracy_drawn_speech": hits["speech"][0] / max(1, hits["speech"][1]),
-            "same_token_drawn": same[0] / max(1, same[1])}
+    out = {f"accuracy_{name}": h / max(1, n) for name, (h, n) in hits.items()}
+    return {**out, "same_token_drawn": same[0] / max(1, same[1])}
 
 
 def with_semantic(codec, student) -> object:
@@ -333,11 +335,21 @@ def run(args) -> int:
     bar.close()
     report = evaluate(student, sampler, held)
     append_log(log, step=step, held_out=len(held), **report)
-    print(f"held-out tracks ({len(held)}): token accuracy {report['accuracy_recorded'] * 100:.1f}% (recorded "
-          f"voices), {report['accuracy_drawn'] * 100:.1f}% (drawn speakers; "
-          f"{report['accuracy_drawn_speech'] * 100:.1f}% of the frames of speech); the same token for a drawn "
-          f"speaker {report['same_token_drawn'] * 100:.1f}% of frames (chance {100 / scfg.bins:.1f}%)")
+    _say_scores(f"held-out tracks ({len(held)})", report, scfg.bins)
+    for folder in data_folders(args.score or ""):
+        scored = collect([folder], codec, WhisperStates(args.threads or 0), args.count)
+        assign(scored, clusters)
+        other = evaluate(student, sampler, scored)
+        append_log(log, step=step, scored=str(folder), tracks=len(scored), **other)
+        _say_scores(f"{folder} ({len(scored)} tracks)", other, scfg.bins)
     save_codec(with_semantic(codec.cpu(), student.cpu()), out)
     print(f"wrote {out} ({codec.cfg.n_q} acoustic codebooks + the semantic token); next: duplex train lm "
           f"--codec {out} --init MODEL")
     return 0
+
+
+def _say_scores(what: str, r: dict, bins: int) -> None:
+    print(f"{what}: token accuracy on speech {r['accuracy_recorded_speech'] * 100:.1f}% (recorded voices) and "
+          f"{r['accuracy_drawn_speech'] * 100:.1f}% (drawn speakers); on all frames, silence included, "
+          f"{r['accuracy_recorded'] * 100:.1f}% and {r['accuracy_drawn'] * 100:.1f}%; the same token for a drawn "
+          f"speaker {r['same_token_drawn'] * 100:.1f}% of frames (chance {100 / bins:.1f}%)")
