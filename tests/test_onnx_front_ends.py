@@ -96,9 +96,11 @@ def test_terminal_chat_on_the_onnx_backend(bundle, onnx_cache, monkeypatch, tmp_
     async def main():
         app = ChatApp(lambda: Agent(bundle, AgentConfig(max_sessions=1, backend="onnx")), audio, seed=1)
         async with app.run_test(size=(100, 30)) as pilot:
-            for _ in range(150):
+            # up to 30 s: on a loaded machine the engine still works through the last frames after the file
+            # has been fed (the feeder finishes at the file's end, not when the model has heard it)
+            for _ in range(300):
                 await pilot.pause(0.1)
-                if any(w in _transcript(app) for w in ("thing", "that")) or audio.finished.is_set():
+                if any(w in _transcript(app) for w in ("thing", "that")):
                     break
             transcript = _transcript(app)
             await pilot.press("q")
