@@ -171,6 +171,8 @@ def test_train_ears_then_lm_then_duplex_run(tmp_path, capsys):
     steps = [e for e in log if "loss" in e]
     assert steps[-1]["loss"] < steps[0]["loss"] - 0.5
     assert "held_out" in log[-1] and 0 <= log[-1]["same_token_drawn"] <= 1
+    assert main([*ears, "--steps", "110", "--dim", "48"]) == 1  # argparse keeps the last --dim
+    assert "another size (--dim 32)" in capsys.readouterr().err
     assert main([*ears, "--steps", "110", "--score", str(data)]) == 0
     said = capsys.readouterr().out
     assert "resumed at step 100" in said and f"{data} (12 tracks): token accuracy on speech" in said

@@ -59,7 +59,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=3000, help="student optimizer steps (default 3000)")
     p.add_argument("--batch", type=int, default=32, help="windows per step (default 32)")
     p.add_argument("--window", type=int, default=64, help="80 ms frames per window (default 64)")
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW peak learning rate, cosine-decayed (default 2e-3)")
     p.add_argument("--dim", type=int, default=256, help="the student's width (default 256)")
     p.add_argument("--warp-share", type=float, default=0.75,
                    help="share of windows said by a drawn speaker (default 0.75)")
@@ -299,6 +299,10 @@ def run(args) -> int:
     step = 0
     rng = random.Random(args.seed)
     if ckpt is not None and ckpt.get("key") == key:
+        shapes = {k: tuple(v.shape) for k, v in ckpt["student"].items()}
+        if shapes != {k: tuple(v.shape) for k, v in student.state_dict().items()}:
+            _fail(f"{ckpt_path} holds a student of another size (--dim {ckpt['student']['proj_in.weight'].shape[0]}); "
+                  "keep its --dim or give another --run")
         student.load_state_dict(ckpt["student"])
         opt.load_state_dict(ckpt["opt"])
         sched.load_state_dict(ckpt["sched"])
