@@ -61,6 +61,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window", type=int, default=64, help="80 ms frames per window (default 64)")
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW peak learning rate, cosine-decayed (default 2e-3)")
     p.add_argument("--dim", type=int, default=256, help="the student's width (default 256)")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout inside the student's blocks (default 0)")
     p.add_argument("--warp-share", type=float, default=0.75,
                    help="share of windows said by a drawn speaker (default 0.75)")
     p.add_argument("--kmeans-frames", type=int, default=200_000, help="frames the clusters are fit on")
@@ -254,6 +255,8 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     if not 0.0 <= args.warp_share <= 1.0:
         _fail(f"--warp-share is a share of the windows, between 0 and 1 (got {args.warp_share})")
+    if not 0.0 <= args.dropout < 1.0:
+        _fail(f"--dropout must be in [0, 1) (got {args.dropout})")
     if args.steps < 1 or args.batch < 1 or args.window < 4:
         _fail("--steps and --batch must be positive and --window at least 4 frames")
     codec_path = Path(args.codec)
@@ -290,7 +293,7 @@ def run(args) -> int:
     held = items[::HELD_OUT_EVERY]
     train = [it for i, it in enumerate(items) if i % HELD_OUT_EVERY]
 
-    scfg = SemanticConfig(input_dim=codec.cfg.frame_dim, dim=args.dim, bins=codec.bins)
+    scfg = SemanticConfig(input_dim=codec.cfg.frame_dim, dim=args.dim, bins=codec.bins, dropout=args.dropout)
     student = SemanticEncoder(scfg).to(device).train()
     opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, 100, args.steps))

@@ -29,6 +29,7 @@ class SemanticConfig:
     dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 1, 2])
     bins: int = 256
     lag: int = 1  # frames: the token at frame t names the speech of frame t - lag (what training taught it)
+    dropout: float = 0.0  # training only (inactive in eval, so streaming == offline holds)
 
     @property
     def receptive_field(self) -> int:
@@ -47,6 +48,7 @@ class SemanticEncoder(nn.Module):
         self.norms = nn.ModuleList([nn.LayerNorm(d) for _ in cfg.dilations])
         self.convs = nn.ModuleList([nn.Conv1d(d, d, cfg.kernel, dilation=dil) for dil in cfg.dilations])
         self.ffs = nn.ModuleList([nn.Linear(d, d) for _ in cfg.dilations])
+        self.drop = nn.Dropout(cfg.dropout)
         self.norm_out = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.bins)
 
@@ -67,7 +69,7 @@ class SemanticEncoder(nn.Module):
             h = norm(x).transpose(1, 2)  # [B, d, T]
             full = torch.cat([hist, h], -1)
             hist.copy_(full[..., full.shape[-1] - hist.shape[-1]:])
-            x = x + ff(F.gelu(conv(full).transpose(1, 2)))
+            x = x + ff(self.drop(F.gelu(conv(full).transpose(1, 2))))
         return self.head(self.norm_out(x))
 
     def tokens(self, frames: torch.Tensor, state: list[torch.Tensor] | None = None) -> torch.Tensor:
