@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from agent.training.prepare import to_16k
 from benchmarks.timing import device_name
 from models.codec import FRAME_SIZE as FRAME
 from models.codec import SAMPLE_RATE as RATE
@@ -169,7 +170,7 @@ def whisper_transcripts(dialogues, audios: list[np.ndarray], limit: int = 60) ->
     for i, (d, audio) in enumerate(zip(dialogues, audios)):
         if not d.get("qa") or d["kind"] in ("silence", "interrupted") or len(out) >= limit:
             continue
-        segments, _ = model.transcribe(_to_16k(audio[d["user_end"]:]), language="en", beam_size=5)
+        segments, _ = model.transcribe(to_16k(audio[d["user_end"]:]), language="en", beam_size=5)
         out[i] = _spoken_words(" ".join(s.text for s in segments))
     return out
 
@@ -202,11 +203,6 @@ def agent_voice_references(codec, dialogues) -> tuple[list[np.ndarray], list[np.
     return originals, coded
 
 
-def _to_16k(x: np.ndarray) -> np.ndarray:
-    """24 kHz -> 16 kHz (linear interpolation; what whisper and PESQ-WB take)."""
-    return np.interp(np.arange(0, x.size, 1.5), np.arange(x.size), x).astype(np.float32)
-
-
 def _edit_distance(a: list[str], b: list[str]) -> int:
     prev = list(range(len(b) + 1))
     for i, x in enumerate(a, 1):
@@ -236,7 +232,7 @@ def codec_quality(codec, clips: int = 5) -> tuple[float, float, int] | None:
         with torch.no_grad():
             y24 = codec.decode(codec.encode(torch.from_numpy(x24)[None, None]))[0, 0].numpy()
         y24 = y24[codec.delay: codec.delay + x24.size]  # compare time-aligned (STOI is sensitive to a 20 ms lag)
-        y = _to_16k(y24)[: x.size]
+        y = to_16k(y24)[: x.size]
         x = x[: y.size]
         p.append(pesq(16_000, x, y, "wb"))
         s.append(stoi(x, y, 16_000, extended=False))

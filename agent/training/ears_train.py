@@ -30,6 +30,7 @@ from agent.training.common import (
     append_log,
     data_folders,
     load_checkpoint,
+    optimizer_step,
     pick_device,
     save_checkpoint,
     seed_everything,
@@ -101,7 +102,9 @@ class WhisperStates:
     def __call__(self, audio24k: np.ndarray, frames: int) -> np.ndarray:
         """float audio at 24 kHz -> [frames, 384] float16 (frame t: the mean of whisper's 4 states in it)."""
         need = frames * STATES_PER_FRAME * 2 * 160  # samples at 16 kHz: 2 mel hops of 10 ms per state
-        x = np.interp(np.arange(0, audio24k.size, 1.5), np.arange(audio24k.size), audio24k).astype(np.float32)
+        from agent.training.prepare import to_16k
+
+        x = to_16k(audio24k)
         x = np.pad(x, (0, max(0, need - x.size)))[:need]
         piece = int(MAX_SECONDS * WHISPER_RATE)
         out = []
@@ -207,21 +210,18 @@ class WindowSampler:
 def evaluate(student, sampler: WindowSampler, items: list[dict], seed: int = 1) -> dict:
     """On whole held-out tracks: token accuracy (recorded voice, drawn speakers) and speaker invariance."""
     from agent.training.speaker_warp import SpeakerWarp
-    from agent.training.vocoder_train import QUIET_LOG_ENERGY
+    from agent.training.vocoder_train import at_speech_level
 
     student.eval()
     rng = random.Random(seed)
-    cfg = sampler.codec.cfg
     hits = {"recorded": [0, 0], "drawn": [0, 0], "recorded_speech": [0, 0], "drawn_speech": [0, 0]}
     same = [0, 0]
     for it in items:
         y = sampler.targets(it["target"]).to(sampler.codec.device)
         ok = y >= 0
-        mel = it["feats"].float().reshape(-1, cfg.subframes, cfg.features)[..., : cfg.n_mels]
-        loud = (torch.logsumexp(mel, -1).amax(-1) > QUIET_LOG_ENERGY).to(y.device)
-        speech = ok.clone()
+        loud = at_speech_level(it["feats"].float(), sampler.codec.cfg).to(y.device)
+        speech = ok.clone()  # (ok is False for the first `lag` frames)
         speech[sampler.lag:] &= loud[: loud.numel() - sampler.lag]  # the frame the target names is speech
-        speech[: sampler.lag] = False
         base = student.tokens(sampler.frames(it["feats"])[None])[0]
         drawn = student.tokens(sampler.frames(it["feats"], SpeakerWarp.draw(rng))[None])[0]
         for name, tok, mask in (("recorded", base, ok), ("drawn", drawn, ok), ("recorded_speech", base, speech),
@@ -324,11 +324,7 @@ def run(args) -> int:
         x, y = sampler.batch(args.batch)
         logits = student(x)
         loss = F.cross_entropy(logits.reshape(-1, scfg.bins), y.reshape(-1), ignore_index=-100)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, sched, student.parameters())
         step += 1
         with torch.no_grad():
             ok = y >= 0
@@ -343,8 +339,10 @@ def run(args) -> int:
     report = evaluate(student, sampler, held)
     append_log(log, step=step, held_out=len(held), **report)
     _say_scores(f"held-out tracks ({len(held)})", report, scfg.bins)
-    for folder in data_folders(args.score or ""):
-        scored = collect([folder], codec, WhisperStates(args.threads or 0), args.count)
+    scoring = data_folders(args.score or "")
+    whisper = WhisperStates(args.threads or 0) if scoring else None
+    for folder in scoring:
+        scored = collect([folder], codec, whisper, args.count)
         assign(scored, clusters)
         other = evaluate(student, sampler, scored)
         append_log(log, step=step, scored=str(folder), tracks=len(scored), **other)

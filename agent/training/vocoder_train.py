@@ -52,12 +52,17 @@ def _dialogue_frames(d: dict, codec) -> list[torch.Tensor]:
     return frames
 
 
+def at_speech_level(frames: torch.Tensor, cfg) -> torch.Tensor:
+    """frames [N, frame_dim] (or the same numbers as [4N, features]) -> [N] True where the loudest 20 ms of the
+    frame reaches speech level."""
+    mel = frames.reshape(-1, cfg.subframes, cfg.features)[..., : cfg.n_mels]
+    return torch.logsumexp(mel, -1).amax(-1) > QUIET_LOG_ENERGY  # log energy summed over bands, loudest subframe
+
+
 def speech_frames(frames: torch.Tensor, cfg, seed: int, keep_quiet: float = 0.05) -> torch.Tensor:
     """Most of both tracks is silence or a noise floor; left in, it would dominate the k-means distortion and
     the feature scaling. Keep the frames whose loudest 20 ms reaches speech level, and a few quiet ones."""
-    mel = frames.reshape(frames.shape[0], cfg.subframes, cfg.features)[..., : cfg.n_mels]
-    loudness = torch.logsumexp(mel, -1).amax(-1)  # log energy summed over bands, loudest subframe
-    loud = loudness > QUIET_LOG_ENERGY
+    loud = at_speech_level(frames, cfg)
     g = torch.Generator().manual_seed(seed + 1)
     keep = loud | (torch.rand(frames.shape[0], generator=g) < keep_quiet)
     return frames[keep]
