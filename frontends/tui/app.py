@@ -45,7 +45,9 @@ class ChatApp(App):
                 Binding("q", "quit", "quit")]
 
     def __init__(self, agent_factory, audio: AudioIO, seed: int | None = None, camera=None):
-        """`camera`: a `tui.camera.CameraSource` (webcam, looped video file or still image), or a path to one."""
+        """`camera`: a `tui.camera.CameraSource` (webcam, looped video file or still image), or a path to one.
+        An agent made with `realtime=False` hears every microphone chunk, waiting for the engine when it is
+        behind (tests, slow machines); a real-time one drops what compute cannot keep up with."""
         super().__init__()
         self.agent_factory = agent_factory
         self.audio = audio
@@ -96,6 +98,9 @@ class ChatApp(App):
         self.session.on(Stats, self._on_stats)
         self.session.on(Error, lambda ev: log.write(f"[red]{ev.kind}: {ev.message}[/red]"))
         self.run_worker(self._drain(), exclusive=True, group="events")
+        if not self.agent.config.realtime:  # offline pacing: every chunk is heard, however slow the machine
+            self._mic_queue: asyncio.Queue = asyncio.Queue()
+            self.run_worker(self._feed_offline(), exclusive=True, group="mic")
         self.audio.start(asyncio.get_running_loop(), self._on_mic)
         self.set_interval(1 / 15, self._refresh_meters)
         self.sub_title = f"model: {self.agent.bundle.name}"
@@ -109,12 +114,22 @@ class ChatApp(App):
         async for _ in self.session.events():  # callbacks do the work; this keeps the queue empty
             pass
 
+    async def _feed_offline(self) -> None:
+        while True:
+            chunk = await self._mic_queue.get()
+            if self.session.closed:
+                return
+            await self.session.send_audio(chunk)  # waits while the engine catches up: nothing is dropped
+
     def _on_mic(self, chunk: np.ndarray) -> None:
         if self.session is None or self.session.closed:
             return
         if self.muted:
             chunk = np.zeros_like(chunk)
-        self.session.send_audio_nowait(chunk)
+        if self.agent.config.realtime:
+            self.session.send_audio_nowait(chunk)
+        else:
+            self._mic_queue.put_nowait(chunk)
 
     def _on_text(self, ev) -> None:
         self.text += ev.text
