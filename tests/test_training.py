@@ -291,3 +291,37 @@ def test_train_lm_pattern_builds_an_all_attention_teacher():
     default = _build_model(argparse.Namespace(pattern=None), None, codec, "cpu")
     assert "M" in default.cfg.layer_kinds
     assert sum(p.numel() for p in teacher.parameters()) != sum(p.numel() for p in default.parameters())
+
+
+def test_train_lm_context_sets_the_attention_window_it_trains_and_exports(tmp_path):
+    """`train lm --context N`: attention sees N frames back, in the training forward as in the saved model."""
+    import argparse
+
+    from agent.errors import UserFacingError
+    from agent.training.lm_train import _build_model
+    from models.codec import VocoderCodec
+    from models.lm import load_lm, save_lm
+
+    torch.manual_seed(0)
+    model = _build_model(argparse.Namespace(pattern="A", context=2), None, VocoderCodec(), "cpu").eval()
+    assert model.cfg.context == 2
+    cfg = model.cfg
+    tokens = torch.randint(0, cfg.card, (1, 1 + cfg.n_q, 16))
+    tokens[:, 0] = torch.randint(0, cfg.text_card, (1, 16))
+    changed = tokens.clone()
+    changed[:, :, 0] = (changed[:, :, 0] + 1) % cfg.card  # only frame 0 differs
+
+    def logits(m, t):
+        return m.forward_text(t, m.init_state(1, chunk=t.shape[-1]))[1]
+
+    a, b = logits(model, tokens), logits(model, changed)
+    reach = cfg.num_layers * (cfg.context - 1)  # each attention layer looks one window further back
+    assert not torch.allclose(a[:, 1], b[:, 1])  # the next frame still sees frame 0 ...
+    assert torch.allclose(a[:, reach + 1:], b[:, reach + 1:], atol=1e-5)  # ... frames past the reach do not
+    model.cfg.context = 250
+    assert not torch.allclose(logits(model, tokens)[:, reach + 1:], logits(model, changed)[:, reach + 1:])
+    model.cfg.context = 2
+    save_lm(model, tmp_path / "lm.safetensors")
+    assert load_lm(tmp_path / "lm.safetensors").cfg.context == 2
+    with pytest.raises(UserFacingError, match="--context"):
+        _build_model(argparse.Namespace(pattern=None, context=0), None, VocoderCodec(), "cpu")

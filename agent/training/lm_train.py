@@ -42,6 +42,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     add_loop_args(p, run="runs/lm", batch=16, lr=3e-3, save_every=200)
     p.add_argument("--codec", default="runs/codec/codec.safetensors", help="trained codec weights")
     p.add_argument("--frames", type=int, default=80, help="frames per training sequence (80 = 6.4 s)")
+    p.add_argument("--context", type=int, metavar="FRAMES",
+                   help="the attention layers' window in frames (default: the model's own; the default model's "
+                        "is 250 = 20 s). The exported model keeps it; give it again when resuming a run")
     p.add_argument("--pattern", help="a fresh model's block pattern instead of the default model's MMA (A: "
                                      "attention, M: Mamba2; 'A' = all attention, e.g. a teacher to distil from)")
     p.add_argument("--export", help="write the trained model folder here (e.g. agent/weights/default); with --lora "
@@ -361,20 +364,27 @@ def _init_source(init: str | None):
 
 def _build_model(args, files, codec, device):
     """The LM to train: the default model's architecture for `codec` (fresh, or from --init weights), or --init's
-    model."""
+    model; `--context` sets its attention window (training and the exported model alike)."""
     from agent.default_model import lm_config
     from models.lm import LMModel, load_lm
 
+    context = getattr(args, "context", None)
+    if context is not None and context < 1:
+        _fail(f"--context must be at least 1 frame (got {context})")
     if files is not None:
         if getattr(args, "pattern", None):
             _fail("--pattern shapes a fresh model; with --init the model keeps its own layers "
                   "(`duplex convert hybrid` changes them)")
-        return load_lm(files.lm, cfg=files.lm_config, device=device, dtype=torch.float32).train()
-    semantic = codec.semantic_codebooks
-    cfg = lm_config(codebooks=codec.num_codebooks - semantic, semantic=semantic)
-    if getattr(args, "pattern", None):  # e.g. "A": an all-attention teacher for `duplex train distill`
-        cfg = dataclasses.replace(cfg, pattern=args.pattern)
-    return LMModel(cfg).to(device).train()
+        model = load_lm(files.lm, cfg=files.lm_config, device=device, dtype=torch.float32).train()
+    else:
+        semantic = codec.semantic_codebooks
+        cfg = lm_config(codebooks=codec.num_codebooks - semantic, semantic=semantic)
+        if getattr(args, "pattern", None):  # e.g. "A": an all-attention teacher for `duplex train distill`
+            cfg = dataclasses.replace(cfg, pattern=args.pattern)
+        model = LMModel(cfg).to(device).train()
+    if context is not None:
+        model.cfg.context = context  # every layer reads its window from this one config
+    return model
 
 
 def run(args) -> int:
