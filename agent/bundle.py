@@ -42,6 +42,9 @@ class ModelFiles:
     # a LoRA adapter (`duplex train lm --lora R --export-adapter`) merged into the LM's weights at load
     adapter: Path | None = None
     adapter_scale: float = 1.0
+    # the attention window to run with, in frames, where the folder sets one (duplex.json "context"), instead of
+    # the LM's own: a window as long as the training sequences keeps long sessions in the distances it learned
+    context: int | None = None
 
     def missing(self) -> list[Path]:
         paths = [self.codec, self.lm] + ([self.tokenizer] if self.tokenizer else []) + \
@@ -127,7 +130,8 @@ def describe_folder(folder: str | Path, name: str | None = None) -> ModelFiles:
                           tokenizer=folder / meta["tokenizer"] if meta.get("tokenizer") else None,
                           description=meta.get("description", ""), trained=bool(meta.get("trained", True)),
                           sampling=meta.get("sampling", {}),
-                          input_noise_floor=float(meta.get("input_noise_floor", 0.0)))
+                          input_noise_floor=float(meta.get("input_noise_floor", 0.0)),
+                          context=meta.get("context"))
     return _describe_kyutai(folder, name)
 
 
@@ -183,8 +187,14 @@ def load_bundle(files: ModelFiles, device: str | torch.device = "auto",
     dev = resolve_device(device)
     if dtype is None:
         dtype = torch.bfloat16 if dev.type == "cuda" and files.kind == "kyutai" else torch.float32
+    if files.context is not None and (not isinstance(files.context, int) or isinstance(files.context, bool)
+                                      or files.context < 1):
+        raise ModelLoadError(f"{files.folder / 'duplex.json'}: \"context\" must be a whole number of frames >= 1, "
+                             f"got {files.context!r}")
     try:
         lm = load_lm(files.lm, cfg=files.lm_config, device=dev, dtype=dtype)
+        if files.context is not None:
+            lm.cfg.context = files.context  # every attention layer reads its window from this config
         if files.adapter is not None:
             _merge_adapter(lm, files)
         codec = load_codec(files.codec, device=dev, num_codebooks=lm.cfg.user_streams)

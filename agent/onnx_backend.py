@@ -47,7 +47,7 @@ def export_bundle_graphs(bundle: ModelBundle, out: Path, quantize: str | None = 
 
 def onnx_pool(bundle: ModelBundle, config: AgentConfig):
     """The slot pool for `backend="onnx"`, exporting the graphs first when no folder holds them."""
-    from models.onnx_graphs import MANIFEST, code_fingerprint, fingerprint
+    from models.onnx_graphs import MANIFEST, code_fingerprint, step_fingerprint
     from streaming.onnx_pool import OnnxBackendError, OnnxSlotPool, import_onnxruntime
 
     try:
@@ -61,7 +61,7 @@ def onnx_pool(bundle: ModelBundle, config: AgentConfig):
     def print_(*a) -> None:
         print(*a, file=sys.stderr)
 
-    fp = fingerprint(bundle.codec, bundle.lm)
+    fp = step_fingerprint(bundle.codec, bundle.lm, bundle.sampling)
     if config.onnx_dir:
         folder = Path(config.onnx_dir).expanduser()
         if not (folder / MANIFEST).is_file():
@@ -70,7 +70,7 @@ def onnx_pool(bundle: ModelBundle, config: AgentConfig):
     else:
         q = config.onnx_quantize
         own = bundle.files.folder / ("onnx" + (f"-{q}" if q else ""))
-        # the cache is keyed by the weights and by the code that traced them
+        # the cache is keyed by the weights, config and sampling, and by the code that traced them
         key = fp[:16] + "-" + code_fingerprint()[:8] + (f"-{q}" if q else "")
         folder = own if (own / MANIFEST).is_file() else cache_dir() / key
         if not (folder / MANIFEST).is_file():

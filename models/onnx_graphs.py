@@ -58,6 +58,15 @@ def fingerprint(*modules: nn.Module) -> str:
     return h.hexdigest()
 
 
+def step_fingerprint(codec: nn.Module, lm: nn.Module, sampling) -> str:
+    """What a frame step's graphs are traced from: the weights, the LM's config (its attention window sizes the
+    caches) and the sampling settings baked into the graph."""
+    h = hashlib.sha1(fingerprint(codec, lm).encode())
+    h.update(repr(lm.cfg).encode())
+    h.update(repr(sampling).encode())
+    return h.hexdigest()
+
+
 def code_fingerprint() -> str:
     """Hash of the model code the graphs are traced from (every module under models/): graphs exported by other
     code are re-exported rather than trusted."""
@@ -256,7 +265,7 @@ def export_graphs(codec, generator, out: Path, quantize: str | None = None, log=
 
     manifest = {
         "format": FORMAT, "opset": OPSET, "quantize": quantize or "",
-        "fingerprint": fingerprint(codec, lm), "code": code_fingerprint(),
+        "fingerprint": step_fingerprint(codec, lm, generator.sampling), "code": code_fingerprint(),
         "sampling": dataclasses.asdict(generator.sampling),
         "frame_size": codec.frame_size, "user_streams": K, "dep_q": lm.cfg.dep_q,
         "graphs": {k: dataclasses.asdict(v) for k, v in specs.items()},

@@ -19,6 +19,29 @@ def test_shipped_model_loads_and_is_small():
     assert bundle.lm.image_encoder is not None and bundle.tokenizer is not None
 
 
+def test_a_folders_context_sets_the_attention_window_it_runs_with(tmp_path):
+    import json
+
+    from agent.bundle import ModelLoadError
+    from agent.registry import describe_folder
+
+    folder = tmp_path / "windowed"
+    shutil.copytree(EMBEDDED_DIR / "default", folder)
+    manifest = json.loads((folder / "duplex.json").read_text())
+    own = load_bundle(describe_folder(folder), device="cpu").lm.cfg.context
+    for value in (48, None):
+        manifest["context"] = value
+        (folder / "duplex.json").write_text(json.dumps(manifest))
+        lm = load_bundle(describe_folder(folder), device="cpu").lm
+        assert lm.cfg.context == (value or own)
+        assert all(layer.cfg is lm.cfg for layer in lm.transformer.layers)  # one window for every layer
+    for bad in (0, "96", 9.5):
+        manifest["context"] = bad
+        (folder / "duplex.json").write_text(json.dumps(manifest))
+        with pytest.raises(ModelLoadError, match="context"):
+            load_bundle(describe_folder(folder), device="cpu")
+
+
 @pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed (scripts/setup.sh installs it)")
 def test_listens_then_answers_a_voice_it_never_heard():
     from agent.training.synth import make_dialogue

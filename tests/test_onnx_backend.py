@@ -21,7 +21,7 @@ pytest.importorskip("onnxscript", reason="pip install 'duplex-agent[onnx]'")
 from agent.bundle import load_bundle  # noqa: E402
 from agent.registry import resolve  # noqa: E402
 from models.lm import LMGenerator, SamplingConfig  # noqa: E402
-from models.onnx_graphs import export_graphs, fingerprint  # noqa: E402
+from models.onnx_graphs import export_graphs, step_fingerprint  # noqa: E402
 from streaming.onnx_pool import OnnxBackendError, OnnxSlotPool  # noqa: E402
 from streaming.slots import SlotPool  # noqa: E402
 
@@ -59,7 +59,8 @@ def default_greedy(bundle, tmp_path_factory):
 def cached_default(bundle, onnx_cache):
     """The first use of `backend="onnx"` exported the model's own graphs into the per-user cache (conftest)."""
     cache, folder = onnx_cache
-    assert OnnxSlotPool(folder, 1).manifest["fingerprint"] == fingerprint(bundle.codec, bundle.lm)
+    assert OnnxSlotPool(folder, 1).manifest["fingerprint"] == step_fingerprint(bundle.codec, bundle.lm,
+                                                                               bundle.sampling)
     return cache, folder
 
 
@@ -87,9 +88,17 @@ def compare(codec, gen, folder: Path, speech: list[np.ndarray], noise_floor: flo
 
 def test_default_model_onnx_equals_pytorch(bundle, default_greedy, speech):
     gen, folder = default_greedy
-    spoke = compare(bundle.codec, gen, folder, speech, bundle.files.input_noise_floor,
-                    fingerprint(bundle.codec, bundle.lm))
+    fp = step_fingerprint(bundle.codec, bundle.lm, gen.sampling)
+    spoke = compare(bundle.codec, gen, folder, speech, bundle.files.input_noise_floor, fp)
     assert spoke > 10  # the model really answered (audio compared, not silence)
+    # graphs traced with other sampling settings, or another attention window (it sizes the caches), are not these
+    assert fp != step_fingerprint(bundle.codec, bundle.lm, bundle.sampling)
+    window = bundle.lm.cfg.context
+    try:
+        bundle.lm.cfg.context = window // 2
+        assert fp != step_fingerprint(bundle.codec, bundle.lm, gen.sampling)
+    finally:
+        bundle.lm.cfg.context = window
 
 
 def test_tiny_kyutai_layout_model_onnx_equals_pytorch(tmp_path, speech):

@@ -369,6 +369,8 @@ def _build_model(args, files, codec, device):
     from models.lm import LMModel, load_lm
 
     context = getattr(args, "context", None)
+    if context is None and files is not None:
+        context = files.context  # an --init folder's own window (duplex.json "context")
     if context is not None and context < 1:
         _fail(f"--context must be at least 1 frame (got {context})")
     if files is not None:
