@@ -11,6 +11,8 @@ Two kinds of set, never mixed up:
   "selection_barge_in" (since round 15): answers the user cuts short; the model must fall silent.
   "selection_out_of_domain" (since round 15): `select` requests it must refuse or leave unanswered; the other
   selection sets held too few of them (27) to see a round that invents more out of domain.
+  "selection_session" (since round 17): twelve-question sessions (other draws than the test sessions), scored by
+  position in the session; it chose the attention window the shipped model runs with.
 - real human speech (`benchmarks.real_speech`) belongs to the test sets only.
 """
 
@@ -59,7 +61,11 @@ REAL_SET_GOALS = {"real_recordings": "refusal or silence", "real_voice": ">= 85%
 SELECTION_SETS = [SetSpec("selection", "listed", 120, IN_DOMAIN + ["refuse_near", "refuse_out", "passage"], 0.6),
                   SetSpec("selection_rewordings", "select", 96, IN_DOMAIN + ["refuse_near", "refuse_out"], 0.6),
                   SetSpec("selection_barge_in", "listed", 40, IN_DOMAIN, 0.6, barge_in=1.0),
-                  SetSpec("selection_out_of_domain", "select", 60, ["refuse_near", "refuse_out", "passage"], 0.5)]
+                  SetSpec("selection_out_of_domain", "select", 60, ["refuse_near", "refuse_out", "passage"], 0.5),
+                  SetSpec("selection_session", "listed", 12, IN_DOMAIN, 0.6, turns=12)]
+# the sets whose mean a round's shipping rule compares (fixed since round 15; selection_session came later and is
+# read on its own: it chose the attention window, round 17)
+RULE_SETS = ["selection", "selection_rewordings", "selection_barge_in", "selection_out_of_domain"]
 
 
 def build_set(spec: SetSpec, seed: int, voices=None) -> list[dict]:
@@ -170,7 +176,7 @@ def summarize(rows: list[dict]) -> list[tuple[str, str, str]]:
             share = {o: np.mean([r["outcome"] == o for r in rs]) * 100 for o in ("refusal", "silent")}
             invented = np.mean([r["outcome"] in ("exact", "other", "nothing") for r in rs]) * 100
             detail = f"invented answers {invented:.0f}%, refused {share['refusal']:.0f}%, silent {share['silent']:.0f}%"
-        elif name in ("session", "long_session"):
+        elif name in ("session", "long_session", "selection_session"):
             by_pos: dict[int, list[bool]] = {}
             for r in rs:
                 by_pos.setdefault(r["position"], []).append(r["ok"])
@@ -204,7 +210,7 @@ def run_listening(bundle, sets: list[SetSpec], seed: int = 4242, real: bool = Tr
 def selection_mean(rows: list[dict]) -> float:
     """The selection sets' figures averaged with one weight each (not per question): the number a round's
     shipping rule compares (docs/training.md, round 15), so that a small set such as barge-ins counts."""
-    names = [s.name for s in SELECTION_SETS]
+    names = RULE_SETS
     shares = [np.mean([r["ok"] for r in rows if r["set"] == n]) * 100 for n in names
               if any(r["set"] == n for r in rows)]
     return float(np.mean(shares))
@@ -236,7 +242,8 @@ def run_listening_bench(args) -> int:
     rows, lines = run_listening(bundle, sets, real=not args.selection and not args.no_real, batch=args.batch)
     print_table(lines)
     if args.selection:
-        print(f"  mean of the {len(SELECTION_SETS)} selection sets (one weight each): {selection_mean(rows):.1f}%")
+        print(f"  mean of the {len(RULE_SETS)} rule sets ({', '.join(RULE_SETS)}; one weight each): "
+              f"{selection_mean(rows):.1f}%")
     print(f"({time.time() - t0:.0f} s)")
     if args.rows:
         Path(args.rows).write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -209,13 +209,14 @@ def test_synth_turns_sets_the_questions_per_listening_session(tmp_path):
 
 
 def test_selection_mean_weighs_each_selection_set_once():
-    """A round's shipping rule compares the mean of the selection sets, each set weighing the same: 40 barge-ins
-    count as much as 120 listed questions."""
-    from benchmarks.listening import SELECTION_SETS, selection_mean
+    """A round's shipping rule compares the mean of its four rule sets, each set weighing the same: 40 barge-ins
+    count as much as 120 listed questions; the session selection set is read on its own."""
+    from benchmarks.listening import RULE_SETS, SELECTION_SETS, selection_mean
 
-    shares = [0.75, 0.25, 0.9, 0.5]
+    assert set(RULE_SETS) < {s.name for s in SELECTION_SETS}
+    shares = [0.75, 0.25, 0.9, 0.5, 0.1]
     rows = []
     for spec, share in zip(SELECTION_SETS, shares, strict=True):
         rows += [{"set": spec.name, "ok": i < share * spec.count} for i in range(spec.count)]
-    assert selection_mean(rows) == pytest.approx(100 * np.mean(shares))
+    assert selection_mean(rows) == pytest.approx(100 * np.mean(shares[:4]))
     assert selection_mean([r for r in rows if r["set"] == "selection"]) == pytest.approx(75.0)
